@@ -1,0 +1,102 @@
+"""What trains under each method: the one place that decides, read by the reference and the compiler.
+
+Region = the top-k IRBs + tail + head. Everything below it (stem, lower IRBs) is the frozen backbone.
+All BatchNorms keep their running statistics frozen (eval-mode normalisation) under every method.
+
+| method     | conv / linear weights | internal BN (expand, depthwise) | last BN, tail BN | activation backward |
+|------------|-----------------------|---------------------------------|------------------|---------------------|
+| mobiletl   | train                 | beta only                       | gamma, beta      | 1-bit masks         |
+| vanilla    | train                 | gamma, beta                     | gamma, beta      | exact               |
+| bias-only  | final linear only     | beta only                       | beta only        | exact               |
+| last-layer | final linear only     | frozen                          | frozen           | exact               |
+
+Masks (mobiletl): ReLU6 1{0<x<6} and ReLU 1{x>0} (exact), Hard-Sigmoid (1/6)*1{-3<x<3} (exact),
+Hard-Swish 1{x>=0} (the paper's approximation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from torch import nn
+
+from .models.spec import IRB, ConvBN, ModelStructure
+
+METHODS = ("mobiletl", "vanilla", "bias-only", "last-layer")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    method: str
+    top_k: int
+    structure: ModelStructure
+    frozen_blocks: tuple[IRB, ...]
+    trained_blocks: tuple[IRB, ...]
+    trainable: tuple[str, ...]  # state_dict keys, in state_dict order
+    region_keys: tuple[str, ...]  # every state_dict key of the region (trainable, frozen params, BN statistics)
+
+    @property
+    def masked_activations(self) -> bool:
+        return self.method == "mobiletl"
+
+    def trains(self, key: str) -> bool:
+        return key in self._trainable_set
+
+    @cached_property
+    def _trainable_set(self) -> frozenset[str]:
+        return frozenset(self.trainable)
+
+    @property
+    def frozen_region_keys(self) -> tuple[str, ...]:
+        """Region tensors that do not train (frozen gamma, statistics, frozen weights)."""
+        return tuple(k for k in self.region_keys if k not in self._trainable_set)
+
+
+def _region_prefixes(structure: ModelStructure, trained: tuple[IRB, ...]) -> list[str]:
+    names = [b.name for b in trained] + [structure.tail.conv_name, structure.tail.bn_name]
+    return names + [layer.name for layer in structure.head.linears]
+
+
+def _trainable_keys(method: str, structure: ModelStructure, trained: tuple[IRB, ...]) -> set[str]:
+    keys: set[str] = set()
+    classifier = structure.head.classifier.name
+    keys |= {f"{classifier}.weight", f"{classifier}.bias"}
+    if method == "last-layer":
+        return keys
+    internal: list[ConvBN] = []  # BNs after expand / depthwise
+    outer: list[ConvBN] = [structure.tail]  # BNs after project, and the tail's
+    for block in trained:
+        internal += [c for c in (block.expand, block.depthwise) if c is not None]
+        outer.append(block.project)
+    for cb in internal + outer:
+        keys.add(f"{cb.bn_name}.bias")
+    if method == "bias-only":
+        return keys
+    for cb in internal + outer:
+        keys.add(f"{cb.conv_name}.weight")
+    for cb in outer:
+        keys.add(f"{cb.bn_name}.weight")
+    if method == "vanilla":
+        keys |= {f"{cb.bn_name}.weight" for cb in internal}
+    for block in trained:
+        if block.se is not None:
+            for name in (block.se.fc1_name, block.se.fc2_name):
+                keys |= {f"{name}.weight", f"{name}.bias"}
+    for layer in structure.head.linears:
+        keys |= {f"{layer.name}.weight", f"{layer.name}.bias"}
+    return keys
+
+
+def make_plan(model: nn.Module, method: str, top_k: int) -> TrainingPlan:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    structure: ModelStructure = model.structure()
+    frozen, trained = structure.split(top_k)
+    prefixes = tuple(p + "." for p in _region_prefixes(structure, trained))
+    region = tuple(k for k in model.state_dict() if k.startswith(prefixes) and not k.endswith("num_batches_tracked"))
+    wanted = _trainable_keys(method, structure, trained)
+    trainable = tuple(k for k in region if k in wanted)
+    missing = wanted - set(trainable)
+    assert not missing, f"plan names keys the model does not have: {sorted(missing)}"
+    return TrainingPlan(method, top_k, structure, frozen, trained, trainable, region)

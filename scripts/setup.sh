@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with its test extras. Idempotent: re-running is a no-op unless
+# pyproject.toml changed. Usage: bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    # torch==2.13.0 resolves to the CPU build that lies on this machine's disk (see README).
+    .venv/bin/python -m pip install -q -e ".[test,plot]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
