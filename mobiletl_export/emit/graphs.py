@@ -1,0 +1,132 @@
+"""Emission: a lowered tape -> ONNX models (backbone inference, training, eval), one rule per op.
+
+Training graph (ORT on-device training contract, onnxruntime-training 1.19.2 `Module`):
+  inputs : features, labels, every region tensor by state_dict key, `<p>_grad.accumulation.buffer` per
+           trainable p, lazy_reset_grad
+  nodes  : fwd/... (forward rules), bwd/... (backward rules, reverse order), acc/... (InPlaceAccumulatorV2)
+  outputs: loss, logits, `<p>_grad.accumulation.out` per trainable p
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..lower import Tape
+from ..rules import RULES, Op, Step
+from .builder import BOOL, FLOAT, INT64, MS_DOMAIN, GraphBuilder
+from .functions import mobiletl_functions
+
+BATCH = "batch"
+
+
+def _param_keys(ops: list[Op]) -> list[str]:
+    seen: dict[str, None] = {}
+    for op in ops:
+        for key in op.params.values():
+            seen[key] = None
+    return list(seen)
+
+
+def _steps(ops: list[Op], mode: str, masked: bool, trainable: frozenset) -> list[Step]:
+    """Decide per op which parameters train and which inputs need gradients (forward propagation)."""
+    requires: set[str] = set()
+    steps = []
+    for op in ops:
+        trained = frozenset(r for r, k in op.params.items() if k in trainable) if mode == "train" else frozenset()
+        input_grads = tuple(v in requires for v in op.inputs)
+        step = Step(op, mode, masked, trained, input_grads)
+        if step.needs_backward:
+            requires.update(op.outputs)
+        steps.append(step)
+    return steps
+
+
+def _forward(b: GraphBuilder, steps: list[Step]) -> list[dict]:
+    b.phase = "fwd"
+    return [RULES[s.op.kind].forward(b, s) for s in steps]
+
+
+def _backward(b: GraphBuilder, steps: list[Step], saved: list[dict], seed: dict[str, str]) -> None:
+    """Reverse-mode pass: gradients of values fanning out to several ops are summed before use."""
+    b.phase = "bwd"
+    grads: dict[str, list[str]] = {k: [v] for k, v in seed.items()}
+
+    def grad_of(value: str) -> str | None:
+        parts = grads.pop(value, [])
+        if len(parts) > 1:
+            return b.op("Sum", *parts, layer=f"{value}.fanout")
+        return parts[0] if parts else None
+
+    for step, kept in zip(reversed(steps), reversed(saved)):
+        if not step.needs_backward:
+            continue
+        dys = [grad_of(v) for v in step.op.outputs]
+        if all(d is None for d in dys):
+            continue
+        assert all(d is not None for d in dys), f"partial output gradients for {step.op.layer}"
+        for value, g in zip(step.op.inputs, RULES[step.op.kind].backward(b, step, kept, dys)):
+            if g is not None:
+                grads.setdefault(value, []).append(g)
+
+
+def _shape(tape: Tape, value: str) -> list:
+    return [BATCH, *tape.shapes[value]]
+
+
+def build_backbone(tape: Tape, state: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """image [N, 3, R, R] -> features: plain inference model, parameters as initializers."""
+    b = GraphBuilder("mobiletl_backbone")
+    b.add_input(tape.input, FLOAT, _shape(tape, tape.input))
+    _forward(b, _steps(tape.ops, "infer", False, frozenset()))
+    for key in _param_keys(tape.ops):
+        b.add_initializer(key, state[key])
+    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    return b.model()
+
+
+def _region_inputs(b: GraphBuilder, tape: Tape, state: dict[str, np.ndarray]) -> list[str]:
+    b.add_input(tape.input, FLOAT, _shape(tape, tape.input))
+    b.add_input("labels", INT64, [BATCH])
+    keys = _param_keys(tape.ops)
+    for key in keys:
+        b.add_input(key, FLOAT, list(state[key].shape))
+    return keys
+
+
+def _loss_op(tape: Tape) -> Op:
+    return Op("loss", "loss", [tape.output, "labels"], ["loss"])
+
+
+def build_eval(tape: Tape, state: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """features, labels, parameters -> loss, logits (exact forward, dropout off)."""
+    b = GraphBuilder("mobiletl_eval")
+    _region_inputs(b, tape, state)
+    _forward(b, _steps(tape.ops + [_loss_op(tape)], "eval", False, frozenset()))
+    b.add_output("loss", FLOAT, [])
+    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    return b.model()
+
+
+def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool
+                   ) -> onnx.ModelProto:
+    b = GraphBuilder("mobiletl_training")
+    keys = _region_inputs(b, tape, state)
+    missing = [k for k in trainable if k not in keys]
+    assert not missing, f"trainable tensors outside the region: {missing}"
+    steps = _steps(tape.ops + [_loss_op(tape)], "train", masked, frozenset(trainable))
+    saved = _forward(b, steps)
+    b.phase = "bwd"
+    _backward(b, steps, saved, {"loss": b.const(1.0)})
+    b.phase = "acc"
+    for key in trainable:
+        buffer = b.add_input(f"{key}_grad.accumulation.buffer", FLOAT, list(state[key].shape))
+        out = f"{key}_grad.accumulation.out"
+        b.node("InPlaceAccumulatorV2", [buffer, f"{key}_grad", "lazy_reset_grad"], [out], layer=key,
+               domain=MS_DOMAIN)
+    b.add_input("lazy_reset_grad", BOOL, [1])
+    b.add_output("loss", FLOAT, [])
+    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    for key in trainable:
+        b.add_output(f"{key}_grad.accumulation.out", BOOL, [1])
+    return b.model(functions=mobiletl_functions() if masked else ())
