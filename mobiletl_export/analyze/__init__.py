@@ -1,0 +1,1 @@
+"""Analysis of emitted graphs: what the training pass stores for its backward (memory)."""

@@ -1,0 +1,1 @@
+"""Artifact formats: ORT on-device training folder (models, checkpoint, optimizer), manifest, atomic writes."""

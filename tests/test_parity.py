@@ -1,0 +1,104 @@
+"""Parity: the exported ORT training equals the PyTorch reference of the same method.
+
+Same weights, same batch, dropout 0. Tolerances from the compiler issue: loss rtol 1e-4; gradients rtol 1e-3,
+atol 1e-5; parameters after 5 optimizer steps atol 1e-4; eval and inference logits match.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from ort_harness import OrtTraining, build, clean_batch
+
+from mobiletl_export.reference import ReferenceTrainer
+
+MODELS = ["mbv2", "mbv3-large", "mbv3-small", "efficientnet-lite0"]
+CASES = [(m, method, k) for m in MODELS for method in ("mobiletl", "vanilla") for k in (1, 3, 5)]
+CASES += [("mbv3-small", "mobiletl", 11), ("mbv3-small", "vanilla", 11)]  # every IRB of one model
+RES, BATCH, CLASSES = 64, 4, 10
+worst = {"loss": 0.0, "grad": 0.0, "param": 0.0, "logits": 0.0}
+
+
+def _record(key, value):
+    worst[key] = max(worst[key], float(value))
+
+
+def assert_grads_close(got: dict, want: dict):
+    assert set(got) == set(want)
+    for k, w in want.items():
+        w = w.detach().numpy() if isinstance(w, torch.Tensor) else w
+        np.testing.assert_allclose(got[k], w, rtol=1e-3, atol=1e-5, err_msg=k)
+        _record("grad", np.abs(got[k] - w).max())
+
+
+def run_steps(name, method, k, tmp_path, optimizer, lr, res=48, batch=2):
+    """Smaller batches here: the batch must stay clear of kinks along all six forward passes."""
+    net, result = build(name, method, k, tmp_path, res=res, optimizer=optimizer)
+    images, labels, features = clean_batch(net, res, batch, CLASSES, steps=5, optimizer=optimizer, lr=lr)
+    ort_run = OrtTraining(result.out)
+    trainer = ReferenceTrainer(net, optimizer=optimizer, lr=lr)
+    _, first = trainer.gradients(features, labels)
+    for _ in range(5):
+        ort_run.step(features.numpy(), labels.numpy(), lr)
+        trainer.step(features, labels)
+    for key, p in trainer.params.items():
+        got, want = ort_run.parameter(key), p.detach().numpy()
+        # Adam's first step is lr * g / (|g| + eps): where |g| is down at eps (1e-8), float32 noise decides
+        # its sign, so those elements may differ by up to the steps' total length, 5 * lr, and no more.
+        noisy = np.abs(first[key].numpy()) < 1e-6 if optimizer == "adamw" else np.zeros(got.shape, bool)
+        np.testing.assert_allclose(got[~noisy], want[~noisy], rtol=0, atol=1e-4, err_msg=key)
+        assert np.all(np.abs(got[noisy] - want[noisy]) <= 2 * 5 * lr + 1e-6), key
+        _record("param", np.abs(got[~noisy] - want[~noisy]).max(initial=0.0))
+
+
+@pytest.mark.parametrize("name, method, k", CASES)
+def test_gradients_and_logits_match_reference(name, method, k, tmp_path):
+    net, result = build(name, method, k, tmp_path, res=RES)
+    images, labels, features = clean_batch(net, RES, BATCH, CLASSES)
+    ort_run = OrtTraining(result.out)
+    loss, logits, grads = ort_run.gradients(features.numpy(), labels.numpy(), net.plan.trainable)
+    ref_loss, ref_grads = ReferenceTrainer(net).gradients(features, labels)
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+    _record("loss", abs(loss - ref_loss) / abs(ref_loss))
+    assert_grads_close(grads, ref_grads)
+    with torch.no_grad():
+        ref_logits = net.top(features).numpy()
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ort_run.eval_logits(features.numpy(), labels.numpy()), ref_logits, rtol=1e-4,
+                               atol=1e-4)
+    if method == "vanilla":  # and against plain autograd of the nn.Module itself
+        model = net.model
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        params = dict(model.named_parameters())
+        assert_grads_close(grads, {key: params[key].grad for key in net.plan.trainable})
+
+
+@pytest.mark.parametrize("name, method, k", [("mbv2", "mobiletl", 3), ("mbv3-large", "mobiletl", 3),
+                                             ("mbv3-small", "vanilla", 5), ("efficientnet-lite0", "mobiletl", 3)])
+@pytest.mark.parametrize("optimizer, lr", [("adamw", 1e-3), ("sgd", 1e-3)])
+def test_parameters_after_five_steps_match(name, method, k, optimizer, lr, tmp_path):
+    run_steps(name, method, k, tmp_path, optimizer, lr)
+
+
+@pytest.mark.parametrize("name, method, k", [("mbv2", "mobiletl", 5), ("mbv3-large", "mobiletl", 5),
+                                             ("efficientnet-lite0", "vanilla", 3), ("mbv3-small", "mobiletl", 11)])
+def test_backbone_plus_exported_top_equals_pytorch_model(name, method, k, tmp_path):
+    """backbone.onnx -> Module.export_model_for_inferencing(...) reproduces the nn.Module's logits."""
+    net, result = build(name, method, k, tmp_path, res=RES)
+    images, _, _ = clean_batch(net, RES, BATCH, CLASSES)
+    top_path = str(result.out / "top_inference.onnx")
+    OrtTraining(result.out).module.export_model_for_inferencing(top_path, ["logits"])
+    features = ort.InferenceSession(str(result.files["backbone"])).run(None, {"image": images.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(features, net.backbone(images).numpy(), rtol=1e-4, atol=1e-4)
+        expected = net.model(images).numpy()
+    logits = ort.InferenceSession(top_path).run(["logits"], {"features": features})[0]
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    _record("logits", np.abs(logits - expected).max())
+
+
+def test_report_worst_errors():
+    """Prints the largest errors the parity tests above saw (run with -s); always passes after them."""
+    print("\nlargest parity errors:", {k: f"{v:.2e}" for k, v in worst.items()})
