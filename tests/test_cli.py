@@ -1,0 +1,142 @@
+"""The `mobiletl-export` command: outputs, bad input (one line, exit 2, nothing half-written), coverage of
+every model x method x k."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mobiletl_export.cli import main
+from mobiletl_export.export import ExportConfig, export
+from mobiletl_export.models import create_model
+from mobiletl_export.plan import METHODS
+
+N_BLOCKS = {"mbv2": 17, "mbv3-large": 15, "mbv3-small": 11, "efficientnet-lite0": 16}
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_writes_folder_and_summary(tmp_path, capsys):
+    out = tmp_path / "a"
+    code, stdout, err = run_cli(["--model", "mbv3-small", "--top-k", "2", "--resolution", "64", "--out", str(out)],
+                                capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["backbone.onnx", "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint",
+         "manifest.json"])
+    assert "trainable parameters:" in stdout and "KiB per sample" in stdout
+    assert "seeded random init" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_classes"] == 10 and manifest["method"] == "mobiletl"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folders left"
+
+
+def test_default_weights_are_imagenet_for_efficientnet_lite0(tmp_path, capsys):
+    code, stdout, _ = run_cli(["--model", "efficientnet-lite0", "--top-k", "1", "--resolution", "64",
+                               "--out", str(tmp_path / "e")], capsys)
+    assert code == 0 and "ImageNet weights" in stdout
+
+
+def test_python_dash_m_works(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mobiletl_export", "--model", "mbv2", "--top-k", "1",
+                           "--resolution", "32", "--out", str(tmp_path / "m")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet50", "--top-k", "1"], "invalid choice: 'resnet50'"),
+    (["--model", "mbv2", "--top-k", "1", "--method", "lora"], "invalid choice: 'lora'"),
+    (["--model", "mbv2", "--top-k", "18"], "top-k must be an integer in [0, 17]"),
+    (["--model", "mbv2", "--top-k", "-1"], "top-k must be an integer in [0, 17]"),
+    (["--model", "mbv2", "--top-k", "1", "--num-classes", "1"], "--num-classes must be an integer >= 2"),
+    (["--model", "mbv2", "--top-k", "1", "--weights", "/nonexistent.pth"], "weights file not found"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, tmp_path, capsys):
+    out = tmp_path / "x"
+    with pytest.raises(SystemExit) if "invalid choice" in message else _no_raise() as exc:
+        code = main(args + ["--out", str(out)])
+    code = exc.value.code if exc is not None and hasattr(exc, "value") else code
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert message in err
+    if "invalid choice" not in message:
+        assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+class _no_raise:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_weights_for_another_architecture(tmp_path, capsys):
+    path = tmp_path / "v3.pth"
+    torch.save(create_model("mbv3-small").state_dict(), path)
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--weights", str(path), "--out", str(tmp_path / "o")],
+                           capsys)
+    assert code == 2 and "another architecture" in err and "'features.0.0.weight' has shape (16, 3, 3, 3)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_existing_folder_needs_force_and_is_kept_intact(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err and "--force" in err
+    assert (out / "precious.txt").read_text() == "keep me"
+    code, _, _ = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out), "--force"],
+                         capsys)
+    assert code == 0 and not (out / "precious.txt").exists() and (out / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_unwritable_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out",
+                            str(blocker / "o")], capsys)
+    assert code == 2 and "cannot write" in err
+    assert len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a folder"
+
+
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    import mobiletl_export.export as ex
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(ex, "_sha256", boom)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError):
+        export(ExportConfig(model="mbv2", top_k=1, resolution=32, out=str(out)))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", list(N_BLOCKS))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_k_exports_and_trains_one_step(name, method, tmp_path):
+    """All four methods and k from 0 to the number of IRBs: ORT loads the artifacts and takes a step."""
+    from ort_harness import OrtTraining
+
+    model = create_model(name, num_classes=3)
+    rng = np.random.default_rng(0)
+    for k in range(N_BLOCKS[name] + 1):
+        result = export(ExportConfig(model=name, top_k=k, method=method, num_classes=3, resolution=32,
+                                     out=str(tmp_path / str(k))), model=model)
+        shape = [2] + result.manifest["inputs"]["training"]["features"][1:]
+        ort_run = OrtTraining(result.out)
+        loss = ort_run.step(rng.standard_normal(shape).astype(np.float32), np.array([0, 2]), 1e-3)
+        assert np.isfinite(loss), (k, loss)

@@ -1,0 +1,153 @@
+"""The emitted training graph: what crosses from forward to backward, the ORT contract, the mask functions."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import ALL_MODELS
+
+from mobiletl_export.analyze.memory import stored_tensor_names
+from mobiletl_export.emit.functions import mobiletl_functions
+from mobiletl_export.export import ExportConfig, export
+from mobiletl_export.reference import pack_bits
+
+ACTIVATION_OPS = {"Relu", "Clip", "HardSwish", "HardSigmoid", "ReLUMask", "ReLU6Mask", "HardSwishMask",
+                  "HardSigmoidMask"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("graphs")
+    cache = {}
+
+    def get(name, method, k=5):
+        if (name, method, k) not in cache:
+            cfg = ExportConfig(model=name, top_k=k, method=method, resolution=64, weights="random",
+                               out=str(root / f"{name}-{method}-{k}"))
+            cache[(name, method, k)] = export(cfg)
+        return cache[(name, method, k)]
+
+    return get
+
+
+def crossing(result):
+    """Every forward tensor a backward node reads, with the forward nodes that read it and its producer."""
+    model = onnx.load(result.files["training_model"])
+    names = set(stored_tensor_names(model))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    fwd_readers = {}
+    for n in model.graph.node:
+        if n.name.startswith("fwd/"):
+            for i in n.input:
+                fwd_readers.setdefault(i, []).append(n)
+    return model, names, producers, fwd_readers
+
+
+def forbidden_under_mobiletl(model, trainable, fwd_readers):
+    """Inputs of activations and of BatchNorms with a frozen gamma: MobileTL never stores them."""
+    bad = set()
+    for value, readers in fwd_readers.items():
+        for n in readers:
+            if n.op_type in ACTIVATION_OPS:
+                bad.add(value)
+            if n.op_type == "BatchNormalization" and n.input[1] not in trainable:
+                bad.add(value)
+    return bad
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_mobiletl_stores_no_float_activation_or_internal_bn_input(name, exports):
+    result = exports(name, "mobiletl")
+    trainable = set(result.manifest["trainable"])
+    model, stored, producers, fwd_readers = crossing(result)
+    bad = forbidden_under_mobiletl(model, trainable, fwd_readers)
+    assert not stored & bad, sorted(stored & bad)
+    masks = [v for v in stored if v in producers and producers[v].domain == "mobiletl" and producers[v].output[1] == v]
+    n_masked = sum(1 for n in model.graph.node if n.domain == "mobiletl" and n.op_type.endswith("Mask"))
+    assert len(masks) == n_masked > 0  # every masked activation stores its bits, and only bits
+    # the same detector finds what vanilla stores
+    v_result = exports(name, "vanilla")
+    v_model, v_stored, _, v_readers = crossing(v_result)
+    assert v_stored & forbidden_under_mobiletl(v_model, set(v_result.manifest["trainable"]), v_readers)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_stored_tensors_are_inputs_of_weighted_ops_masks_or_loss(name, exports):
+    """Under mobiletl every stored float tensor is read by the forward of a trained conv / linear / SE scale
+    / gamma-training BN (what their weight gradients need), or is the loss's log-probabilities."""
+    result = exports(name, "mobiletl")
+    trainable = set(result.manifest["trainable"])
+    model, stored, producers, fwd_readers = crossing(result)
+    for value in stored:
+        if value in producers and producers[value].domain == "mobiletl" and producers[value].output[1] == value:
+            continue  # a packed mask
+        if value in ("labels",) or value.endswith("/log_prob"):
+            continue
+        needs = [n for n in fwd_readers.get(value, [])
+                 if (n.op_type in ("Conv", "Gemm") and n.input[1] in trainable)
+                 or (n.op_type == "BatchNormalization" and n.input[1] in trainable)
+                 or n.op_type == "Mul" and "scale" in n.name]
+        assert needs, f"{value} is stored but no trained op needs it"
+
+
+def test_training_graph_follows_ort_contract(exports):
+    result = exports("mbv3-small", "mobiletl", 3)
+    model = onnx.load(result.files["training_model"])
+    onnx.checker.check_model(model)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    trainable = result.manifest["trainable"]
+    assert inputs[:2] == ["features", "labels"] and inputs[-1] == "lazy_reset_grad"
+    assert outputs[:2] == ["loss", "logits"]
+    for key in trainable:
+        assert f"{key}_grad.accumulation.buffer" in inputs and f"{key}_grad.accumulation.out" in outputs
+    assert set(result.manifest["frozen"]) <= set(inputs)
+    user = [n for n in inputs + outputs if n.endswith("_grad") and n != "lazy_reset_grad"]
+    assert not user, "ORT treats names ending in _grad as gradients"
+    assert {f.name for f in model.functions} >= {"ReLUMask", "HardSwishMask", "HardSigmoidMask", "MaskGrad"}
+
+
+def test_manifest_describes_the_folder(exports):
+    import hashlib
+
+    result = exports("mbv2", "mobiletl", 5)
+    m = json.loads((result.out / "manifest.json").read_text())
+    assert m["trained_blocks"] == [f"features.{i}" for i in range(13, 18)]
+    for name, digest in m["sha256"].items():
+        assert hashlib.sha256((result.out / name).read_bytes()).hexdigest() == digest
+    assert m["inputs"]["training"]["features"] == ["N", 96, 4, 4]
+    assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
+    assert "features.13.conv.0.1.weight" in m["frozen"] and "features.13.conv.0.1.bias" in m["trainable"]
+    assert "features.13.conv.0.1.running_var" in m["frozen"]
+
+
+@pytest.mark.parametrize("kind, fn", [("relu", "ReLUMask"), ("relu6", "ReLU6Mask"), ("hardswish", "HardSwishMask"),
+                                      ("hardsigmoid", "HardSigmoidMask")])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 8, 4, 4), (1,), (13,)])
+def test_mask_functions_pack_like_the_reference(kind, fn, shape):
+    from onnx import TensorProto, helper
+
+    from mobiletl_export.models import functional as exact
+    from mobiletl_export.reference.functions import mask_and_value
+
+    node = helper.make_node(fn, ["x"], ["y", "mask"], domain="mobiletl")
+    grad = helper.make_node("MaskGrad", ["dy", "mask"], ["dx"], domain="mobiletl")
+    graph = helper.make_graph([node, grad], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+                                                  helper.make_tensor_value_info("dy", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("y", TensorProto.FLOAT), ("mask", TensorProto.UINT8), ("dx", TensorProto.FLOAT))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("mobiletl", 1)],
+                              functions=mobiletl_functions(), ir_version=9)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    x.flat[0] = 0.0 if kind != "hardsigmoid" else 3.0  # a boundary value
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, mask, dx = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "dy": dy})
+    np.testing.assert_allclose(y, exact.activation(kind, torch.from_numpy(x)).numpy(), atol=1e-6)
+    _, ref_mask, _ = mask_and_value(kind, torch.from_numpy(x))
+    np.testing.assert_array_equal(mask, pack_bits(ref_mask).numpy())
+    np.testing.assert_array_equal(mask, np.packbits(ref_mask.numpy().ravel(), bitorder="little"))
+    np.testing.assert_array_equal(dx, dy * ref_mask.numpy())
