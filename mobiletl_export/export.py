@@ -150,7 +150,7 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "weights": weights_note,
         "optimizer": {"name": cfg.optimizer, "lr": cfg.lr,
                       "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},
-        "dropout": cfg.dropout,
+        "dropout": max([op.attrs["p"] for op in region.ops if op.kind == "dropout"], default=0.0),
         "seed": cfg.seed,
         "files": dict(FILES),
         "inputs": {

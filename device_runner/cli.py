@@ -1,0 +1,115 @@
+"""`mobiletl-train`: train the exported top-k region on a dataset with ONNX Runtime only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from . import RunnerError
+
+EXIT_USAGE = 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobiletl-train", description=__doc__)
+    p.add_argument("--artifacts", required=True, help="folder written by mobiletl-export")
+    p.add_argument("--data", required=True,
+                   help="class-per-folder image directory, .npz with x/y, or an idx3 images file (Fashion-MNIST)")
+    p.add_argument("--val", help="validation data (same formats); default: --val-split of --data")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--max-samples", type=int, help="use a seeded random subset of at most this many samples "
+                                                   "(of --data, and of --val)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the export's --lr)")
+    p.add_argument("--schedule", choices=("cosine", "linear", "constant"), default="cosine")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--out", default="runs/latest", help="run folder (metrics, checkpoints, model)")
+    p.add_argument("--export", help="write the joined image -> logits model here (default: RUN/model.onnx)")
+    p.add_argument("--cache-mb", type=float, default=1024, help="memory budget of the feature cache; beyond it "
+                                                               "features are cached on disk")
+    p.add_argument("--no-cache", action="store_true", help="recompute backbone features every epoch "
+                                                            "(for augmentation)")
+    p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_args(a) -> None:
+    for name in ("epochs", "batch_size", "checkpoint_every"):
+        if getattr(a, name) < 1:
+            raise RunnerError(f"--{name.replace('_', '-')} must be >= 1")
+    if a.lr is not None and not a.lr > 0:
+        raise RunnerError("--lr must be positive")
+
+
+def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not out.is_dir():
+            raise RunnerError(f"nothing to resume: run folder {out} does not exist")
+        return
+    if out.exists():
+        if not force:
+            raise RunnerError(f"run folder {out} already exists; pass --resume to continue it or --force to "
+                              "replace it")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise RunnerError(f"cannot create run folder {out}: {exc.strerror}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except RunnerError as exc:
+        print(f"mobiletl-train: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mobiletl-train: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from .data import load_dataset, split
+    from .manifest import load_manifest
+    from .train import Run, RunConfig
+
+    _check_args(args)
+    folder = Path(args.artifacts)
+    manifest = load_manifest(folder)
+    classes = manifest["num_classes"]
+    data = load_dataset(args.data, classes, args.max_samples, args.seed)
+    if args.val:
+        train, val = data, load_dataset(args.val, classes, args.max_samples, args.seed)
+    else:
+        train, val = split(data, args.val_split, args.seed)
+    out = Path(args.out)
+    _prepare_run_dir(out, args.resume, args.force)
+    (out / "run.json").write_text(json.dumps({**vars(args), "manifest_sha256": manifest["sha256"]}, indent=1))
+    cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                    checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb, cache=not args.no_cache,
+                    threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps)
+    run = Run(folder, manifest, out, train, val, cfg, args.resume)
+    try:
+        print(f"training {manifest['model']} top-{manifest['top_k']} ({manifest['method']}) on {len(train)} samples, "
+              f"validating on {len(val)}; feature cache: {run.cache.kind}", file=sys.stderr)
+        last = run.run()
+        model = run.export(Path(args.export) if args.export else out / "model.onnx")
+    finally:
+        run.close()
+    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
+    print(json.dumps({"run": str(out), "model": str(model), **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Load an artifact folder's manifest and verify every file against it before training on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from . import RunnerError
+
+FORMAT = "mobiletl-export/1"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise RunnerError(f"artifact folder not found: {folder}")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunnerError(f"{path} is missing: not a mobiletl-export artifact folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunnerError(f"{path} is corrupt (not JSON)") from None
+    if manifest.get("format") != FORMAT:
+        raise RunnerError(f"{path} has format {manifest.get('format')!r}; this runner reads {FORMAT}")
+    for name, digest in manifest["sha256"].items():
+        file = folder / name
+        if not file.is_file():
+            raise RunnerError(f"artifact file missing: {file}")
+        if _sha256(file) != digest:
+            raise RunnerError(f"artifact file corrupt: {file} does not match the manifest's sha256")
+    from .ort import onnxruntime
+
+    wrote = manifest["versions"]["onnxruntime"]
+    if wrote.split(".")[:2] != onnxruntime.__version__.split(".")[:2]:
+        raise RunnerError(f"artifacts were written for onnxruntime {wrote}, this runner has "
+                          f"{onnxruntime.__version__}; re-export or install the matching onnxruntime-training")
+    return manifest

@@ -1,0 +1,173 @@
+"""The training loop: backbone features (cached), ORT training steps, evaluation, checkpoints, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import RunnerError, checkpoint
+from .cache import FeatureCache
+from .data import Dataset, preprocess
+from .ort import Inference, Trainer
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float | None = None  # default: the manifest's
+    schedule: str = "cosine"  # cosine | linear | constant
+    checkpoint_every: int = 100
+    cache_mb: float = 1024
+    cache: bool = True
+    threads: int | None = None
+    seed: int = 0
+    progress: bool = True
+    max_steps: int | None = None  # stop early (tests, benchmarks)
+
+
+def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
+    if schedule == "constant" or total <= 1:
+        return base
+    t = min(step / total, 1.0)
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return base * (1 - t)
+    raise RunnerError(f"unknown schedule {schedule!r}")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="img", leave=True, file=sys.stderr, dynamic_ncols=True)
+
+
+class Run:
+    def __init__(self, folder: Path, manifest: dict, run_dir: Path, train: Dataset, val: Dataset | None,
+                 cfg: RunConfig, resume: bool):
+        self.folder, self.manifest, self.run_dir, self.cfg = folder, manifest, run_dir, cfg
+        self.train_data, self.val_data = train, val
+        self.resolution = manifest["resolution"]
+        self.norm = manifest["normalization"]
+        self.feature_shape = tuple(manifest["inputs"]["training"]["features"][1:])
+        self.backbone = Inference(folder / manifest["files"]["backbone"], cfg.threads)
+        self.cache = FeatureCache(len(train), self.feature_shape, cfg.cache_mb, run_dir, "features", cfg.cache)
+        self.val_cache = FeatureCache(len(val), self.feature_shape, cfg.cache_mb, run_dir, "val_features",
+                                      cfg.cache) if val is not None else None
+        self.lr = cfg.lr if cfg.lr is not None else manifest["optimizer"]["lr"]
+        self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.state = {"step": 0, "epoch": 0, "seed": cfg.seed, "shuffle": "numpy default_rng(seed + epoch)",
+                      "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
+        ort_checkpoint = folder / manifest["files"]["checkpoint"]
+        if resume:
+            ort_checkpoint, self.state, index = checkpoint.load(run_dir)
+            self.cache.restore_index(index)
+        self.trainer = Trainer(folder, str(ort_checkpoint), cfg.threads)
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def features(self, data: Dataset, cache: FeatureCache, index: np.ndarray) -> np.ndarray:
+        def compute(idx):
+            x = preprocess([data.image(i) for i in idx], self.resolution, self.norm["mean"], self.norm["std"])
+            return self.backbone(x)
+
+        return cache.get(index, compute)
+
+    def log(self, record: dict) -> None:
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+
+    def save(self) -> None:
+        self.cache.flush()
+        checkpoint.save(self.run_dir, self.trainer, self.state, self.cache.filled)
+
+    def evaluate(self) -> dict:
+        """Loss and accuracy of the eval model on the validation set."""
+        data = self.val_data
+        if data is None:
+            return {}
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(data), self.cfg.batch_size):
+            index = np.arange(start, min(start + self.cfg.batch_size, len(data)))
+            loss, logits = self.trainer.eval_step(self.features(data, self.val_cache, index), data.labels[index])
+            loss_sum += loss * len(index)
+            correct += int((logits.argmax(1) == data.labels[index]).sum())
+        return {"val_loss": loss_sum / len(data), "val_acc": correct / len(data)}
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, st = self.cfg, self.state
+        last = {}
+        while st["step"] < self.total_steps:
+            epoch = st["step"] // self.steps_per_epoch
+            if epoch != st["epoch"]:
+                st.update(epoch=epoch, epoch_loss_sum=0.0, epoch_correct=0, epoch_seen=0)
+            order = np.random.default_rng(cfg.seed + epoch).permutation(len(self.train_data))
+            first = st["step"] - epoch * self.steps_per_epoch
+            bar = _progress(len(order), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+            if bar is not None:
+                bar.update(first * cfg.batch_size)
+            t0, seen0 = time.perf_counter(), 0
+            for b in range(first, self.steps_per_epoch):
+                index = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+                feats = self.features(self.train_data, self.cache, index)
+                labels = self.train_data.labels[index]
+                loss, logits = self.trainer.train_step(feats, labels)
+                if not math.isfinite(loss):
+                    raise RunnerError(f"loss became {loss} at step {st['step']}; lower --lr")
+                lr = learning_rate(self.lr, cfg.schedule, st["step"], self.total_steps)
+                self.trainer.optimizer_step(lr)
+                st["step"] += 1
+                st["epoch_loss_sum"] += loss * len(index)
+                st["epoch_correct"] += int((logits.argmax(1) == labels).sum())
+                st["epoch_seen"] += len(index)
+                seen0 += len(index)
+                rate = seen0 / max(time.perf_counter() - t0, 1e-9)
+                if bar is not None:
+                    bar.update(len(index))
+                    bar.set_postfix(loss=f"{st['epoch_loss_sum'] / st['epoch_seen']:.3f}",
+                                    acc=f"{st['epoch_correct'] / st['epoch_seen']:.3f}", img_s=f"{rate:.0f}")
+                if st["step"] % cfg.checkpoint_every == 0:
+                    self.save()
+                    self.log({"event": "checkpoint", "step": st["step"]})
+                if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
+                    break
+            if bar is not None:
+                bar.close()
+            epoch_done = st["step"] % self.steps_per_epoch == 0
+            last = {"event": "epoch" if epoch_done else "partial-epoch", "epoch": epoch + 1, "step": st["step"],
+                    "lr": learning_rate(self.lr, cfg.schedule, st["step"], self.total_steps),
+                    "train_loss": st["epoch_loss_sum"] / max(st["epoch_seen"], 1),
+                    "train_acc": st["epoch_correct"] / max(st["epoch_seen"], 1),
+                    "samples_per_s": seen0 / max(time.perf_counter() - t0, 1e-9),
+                    "cache": self.cache.kind, "cache_hits": self.cache.hits, "cache_misses": self.cache.misses}
+            last.update(self.evaluate())
+            self.log(last)
+            if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
+                break
+        self.save()
+        return last
+
+    def export(self, out: Path) -> Path:
+        from .export import join_models
+
+        top = self.run_dir / "top_inference.onnx"
+        self.trainer.export_top(top)
+        join_models(self.folder / self.manifest["files"]["backbone"], top, out)
+        top.unlink()
+        return out
+
+    def close(self) -> None:
+        self.metrics.close()

@@ -1,0 +1,216 @@
+"""mobiletl-train: the on-device loop (ORT only), resume after SIGKILL, bad input, joined export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import randomize
+
+from device_runner.cli import main
+from mobiletl_export.models import create_model
+from mobiletl_export.export import ExportConfig, export
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """mbv3-small with calibrated BN statistics (default statistics collapse a random net's features)."""
+    out = tmp_path_factory.mktemp("art") / "mbv3s"
+    model = randomize(create_model("mbv3-small", num_classes=4, dropout=0.0), res=32)
+    export(ExportConfig(model="mbv3-small", top_k=2, num_classes=4, resolution=32, out=str(out)), model=model)
+    return out
+
+
+def synthetic(path: Path, n=96, classes=4, size=20, seed=0, rgb=True) -> Path:
+    """Images whose class is their brightness band: learnable, tiny."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    base = (y * (200 // classes) + 20)[:, None, None, None]
+    x = np.clip(base + rng.integers(-15, 16, (n, size, size, 3 if rgb else 1)), 0, 255).astype(np.uint8)
+    np.savez(path, x=x if rgb else x[..., 0], y=y)
+    return path
+
+
+def run(args, capsys):
+    code = main(args + ["--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_trains_evaluates_and_exports_joined_model(artifacts, tmp_path, capsys):
+    data = synthetic(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    code, err = run(["--artifacts", str(artifacts), "--data", str(data), "--epochs", "3", "--batch-size", "8",
+                     "--lr", "3e-3", "--out", str(out), "--val-split", "0.25"], capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[0]["cache_misses"] == 72 and epochs[-1]["cache_hits"] == 2 * 72  # features computed once
+    # the joined model image -> logits reproduces the runner's own validation accuracy
+    from device_runner.data import load_dataset, preprocess, split
+
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    _, val = split(load_dataset(str(data), 4), 0.25, 0)
+    x = preprocess([val.image(i) for i in range(len(val))], 32, manifest["normalization"]["mean"],
+                   manifest["normalization"]["std"])
+    logits = ort.InferenceSession(str(out / "model.onnx")).run(["logits"], {"image": x})[0]
+    assert (logits.argmax(1) == val.labels).mean() == pytest.approx(epochs[-1]["val_acc"])
+    assert epochs[-1]["val_acc"] > 0.5  # 4 classes: chance is 0.25
+
+
+def test_disk_cache_when_over_budget(artifacts, tmp_path, capsys):
+    data = synthetic(tmp_path / "d.npz", n=40)
+    code, err = run(["--artifacts", str(artifacts), "--data", str(data), "--epochs", "2", "--cache-mb", "0",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "r" / "features.cache").exists()
+    last = [json.loads(s) for s in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["cache"] == "disk" and last["cache_hits"] == 36
+
+
+def _kill_after_checkpoint(cmd, run_dir: Path, min_step: int) -> int:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 120
+    state = run_dir / "checkpoint" / "state.json"
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= min_step:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(state.read_text())["step"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(artifacts, tmp_path):
+    data = synthetic(tmp_path / "d.npz", n=160)
+    base = [sys.executable, "-m", "device_runner", "--artifacts", str(artifacts), "--data", str(data),
+            "--epochs", "3", "--batch-size", "4", "--checkpoint-every", "5", "--threads", "1", "--no-progress",
+            "--seed", "3", "--lr", "1e-3"]
+    full = tmp_path / "full"
+    subprocess.run(base + ["--out", str(full)], check=True, capture_output=True, cwd=ROOT)
+    killed = tmp_path / "killed"
+    step_at_kill = _kill_after_checkpoint(base + ["--out", str(killed)], killed, min_step=40)
+    metrics = [json.loads(s) for s in (killed / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    assert step_at_kill % 5 == 0 and step_at_kill >= 40 and step_at_kill < 108  # killed mid-run (108 steps)
+    # at most one checkpoint interval lost: the last checkpoint is within 5 steps of the last step logged
+    logged = max(r["step"] for r in metrics)
+    assert logged - step_at_kill <= 5
+    proc = subprocess.run(base + ["--out", str(killed), "--resume"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    from device_runner.ort import C
+
+    a = C.load_checkpoint(str(full / "checkpoint" / "ort_checkpoint"))
+    b = C.load_checkpoint(str(killed / "checkpoint" / "ort_checkpoint"))
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    for name in manifest["trainable"]:
+        np.testing.assert_allclose(a.get_parameter(name).data.numpy(), b.get_parameter(name).data.numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    final_a = json.loads((full / "checkpoint" / "state.json").read_text())
+    final_b = json.loads((killed / "checkpoint" / "state.json").read_text())
+    assert final_a["step"] == final_b["step"] == 108  # 144 training samples / 4 x 3 epochs
+
+
+# ---- bad input: one line, exit 2, previous runs untouched ------------------------------------------------------
+
+def _corrupt(folder: Path, name: str, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(folder, copy)
+    with open(copy / name, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00garbage")
+    return copy
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing-folder", "artifact folder not found"),
+    ("corrupt-checkpoint", "artifact file corrupt"),
+    ("missing-file", "artifact file missing"),
+    ("bad-labels", "label 7 is outside [0, 4)"),
+    ("empty", "is empty"),
+    ("nan", "NaN"),
+    ("channels", "expected a grey or RGB image"),
+    ("tiny", "too small"),
+    ("no-data", "data not found"),
+    ("existing-run", "already exists"),
+])
+def test_bad_input(case, message, artifacts, tmp_path, capsys):
+    art, data = artifacts, synthetic(tmp_path / "d.npz")
+    out = tmp_path / "run"
+    if case == "missing-folder":
+        art = tmp_path / "nope"
+    elif case == "corrupt-checkpoint":
+        art = _corrupt(artifacts, "checkpoint", tmp_path)
+    elif case == "missing-file":
+        art = _corrupt(artifacts, "checkpoint", tmp_path)
+        (art / "eval_model.onnx").unlink()
+    elif case == "bad-labels":
+        np.savez(data, x=np.zeros((4, 16, 16), np.uint8), y=np.array([0, 1, 7, 2]))
+    elif case == "empty":
+        np.savez(data, x=np.zeros((0, 16, 16), np.uint8), y=np.zeros(0, np.int64))
+    elif case == "nan":
+        np.savez(data, x=np.full((4, 16, 16), np.nan, np.float32), y=np.zeros(4, np.int64))
+    elif case == "channels":
+        np.savez(data, x=np.zeros((4, 16, 16, 5), np.uint8), y=np.zeros(4, np.int64))
+    elif case == "tiny":
+        np.savez(data, x=np.zeros((4, 4, 4), np.uint8), y=np.zeros(4, np.int64))
+    elif case == "no-data":
+        data = tmp_path / "missing.npz"
+    elif case == "existing-run":
+        out.mkdir()
+        (out / "metrics.jsonl").write_text("precious\n")
+    code, err = run(["--artifacts", str(art), "--data", str(data), "--out", str(out)], capsys)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+    if case == "existing-run":
+        assert (out / "metrics.jsonl").read_text() == "precious\n"
+    else:
+        assert not out.exists()
+
+
+def test_image_folder_dataset(artifacts, tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (tmp_path / "imgs" / f"class{c}").mkdir(parents=True)
+        for i in range(6):
+            arr = np.clip(c * 50 + 20 + rng.integers(-10, 10, (24, 30, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / f"class{c}" / f"{i}.{'png' if i % 2 else 'jpg'}")
+    code, err = run(["--artifacts", str(artifacts), "--data", str(tmp_path / "imgs"), "--epochs", "1",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+
+
+def test_runner_needs_no_torch(artifacts, tmp_path):
+    """A virtual environment with numpy, onnxruntime-training, onnx, Pillow — and no torch — runs the runner."""
+    venv = ROOT / ".venv-notorch"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy>=1.26,<2.3", "onnxruntime-training-cpu==1.19.2",
+                        "onnx>=1.16,<1.18", "Pillow", "tqdm"], check=True)
+    probe = subprocess.run([str(py), "-c", "import torch"], capture_output=True)
+    assert probe.returncode != 0, "the torch-free environment must not have torch"
+    data = synthetic(tmp_path / "d.npz", n=40)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([str(py), "-m", "device_runner", "--artifacts", str(artifacts), "--data", str(data),
+                           "--epochs", "2", "--out", str(tmp_path / "r"), "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["epoch"] == 2
+    assert (tmp_path / "r" / "model.onnx").exists()
