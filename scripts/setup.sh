@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Fashion-MNIST for the real-data test and benchmark (Debian package; needs root, as on these machines).
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
+    apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
