@@ -18,7 +18,13 @@ def parser() -> argparse.ArgumentParser:
         description="Compile MobileTL (or a baseline) fine-tuning of the top-k IRBs of a MobileNet into ONNX "
                     "Runtime on-device training artifacts, plus the frozen backbone as an inference model.")
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
-    p.add_argument("--top-k", type=int, required=True, help="number of top inverted residual blocks to fine-tune")
+    p.add_argument("--top-k", type=int, help="number of top inverted residual blocks to fine-tune")
+    p.add_argument("--memory-budget", help="pick the largest k whose analysed training memory (parameters, "
+                                           "gradients, optimizer state, peak live tensors) fits, e.g. 20MB, 1.5GB "
+                                           "(MB = MiB); at --report-batch and --resolution")
+    p.add_argument("--report", action="store_true", help="also analyse memory and FLOPs per block; prints it and "
+                                                         "writes report.json into the folder")
+    p.add_argument("--report-batch", type=int, default=8, help="batch size of --report and --memory-budget")
     p.add_argument("--method", default="mobiletl", choices=METHODS)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--weights", default="default",
@@ -48,11 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     from .models.zoo import WeightsError
     from .package.folder import OutputError
 
-    cfg = ExportConfig(model=args.model, top_k=args.top_k, method=args.method, num_classes=args.num_classes,
+    if (args.top_k is None) == (args.memory_budget is None):
+        return _fail("give exactly one of --top-k and --memory-budget")
+    if args.report_batch < 1:
+        return _fail("--report-batch must be >= 1")
+    cfg = ExportConfig(model=args.model, top_k=args.top_k if args.top_k is not None else 0, method=args.method, num_classes=args.num_classes,
                        weights=args.weights, resolution=args.resolution, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
                        width_mult=args.width_mult, out=args.out, force=args.force)
     try:
+        if args.memory_budget is not None:
+            from .budget import choose_top_k, parse_bytes
+
+            cfg.top_k, reason = choose_top_k(cfg, parse_bytes(args.memory_budget), args.report_batch)
+            if args.out is None:
+                cfg.out = None  # default folder name uses the chosen k
+            print(reason)
         result = export(cfg)
     except (ValueError, WeightsError, OutputError) as exc:
         return _fail(str(exc).splitlines()[0])
@@ -71,6 +88,51 @@ def main(argv: list[str] | None = None) -> int:
           f"frozen region tensors: {len(m['frozen'])}")
     print(f"stored activations of the training graph: {sum(t.nbytes for t in stored) / 1024:,.1f} KiB per sample "
           f"({len(stored)} tensors)")
+    if args.report:
+        from .analyze.report import analyze_folder, format_report, write_report
+
+        report = analyze_folder(result.out, args.report_batch)
+        print(format_report(report))
+        print(f"wrote {write_report(result.out, report)}")
+    return 0
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """`mobiletl-report DIR` or `mobiletl-report --compare --model M --top-k K`."""
+    p = argparse.ArgumentParser(prog="mobiletl-report", description="Memory and FLOPs of exported training graphs.")
+    p.add_argument("folder", nargs="?", help="artifact folder written by mobiletl-export")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--compare", action="store_true", help="export and compare the four methods for --model/--top-k")
+    p.add_argument("--model", choices=MODEL_NAMES)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--png", help="with --compare: write the per-block bar chart here")
+    args = p.parse_args(argv)
+    from .analyze.compare import compare_methods, format_comparison, plot_comparison
+    from .analyze.report import analyze_folder, format_report, write_report
+
+    try:
+        if args.compare:
+            if args.model is None or args.top_k is None:
+                return _fail("--compare needs --model and --top-k")
+            reports = compare_methods(args.model, args.top_k, args.resolution, args.batch)
+            for r in reports:
+                print(format_report(r), end="\n\n")
+            print(format_comparison(reports))
+            if args.png:
+                print(f"wrote {plot_comparison(reports, args.png)}")
+            return 0
+        if not args.folder:
+            return _fail("give an artifact folder, or --compare --model M --top-k K")
+        from pathlib import Path
+
+        if not (Path(args.folder) / "manifest.json").is_file():
+            return _fail(f"{args.folder} is not an artifact folder (no manifest.json)")
+        report = analyze_folder(args.folder, args.batch)
+    except ValueError as exc:
+        return _fail(str(exc).splitlines()[0])
+    print(format_report(report))
+    print(f"wrote {write_report(args.folder, report)}")
     return 0
 
 

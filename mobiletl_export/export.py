@@ -144,6 +144,8 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "top_k": cfg.top_k,
         "num_blocks": len(plan.structure.blocks),
         "trained_blocks": [b.name for b in plan.trained_blocks],
+        "tail_layers": [plan.structure.tail.conv_name, plan.structure.tail.bn_name],
+        "head_layers": [layer.name for layer in plan.structure.head.linears],
         "num_classes": cfg.num_classes,
         "resolution": cfg.resolution,
         "normalization": {"mean": list(norm.mean), "std": list(norm.std), "scale": "rgb / 255, channels RGB"},

@@ -43,33 +43,37 @@ def stored_tensor_names(model: onnx.ModelProto) -> list[str]:
     return list(names)
 
 
-def measure_stored(model: onnx.ModelProto, batch: int, seed: int = 0) -> list[StoredTensor]:
-    """Run the training graph once on random inputs of `batch` samples; return every stored tensor."""
+def measure_tensors(model: onnx.ModelProto, names: list[str], batch: int, seed: int = 0) -> dict[str, tuple]:
+    """Run `model` once on random inputs of `batch` samples; (dtype, shape, nbytes) of each named tensor."""
     import onnxruntime as ort
 
-    names = stored_tensor_names(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n)
-                              for n in names if n not in existing)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     feeds = {}
-    params = {t.name: t for t in model.graph.input}
     for inp in session.get_inputs():
         dims = [batch if not isinstance(d, int) else d for d in inp.shape]
         if inp.name == "labels":
-            num_classes = _num_classes(model)
-            feeds[inp.name] = rng.integers(0, num_classes, size=dims).astype(np.int64)
+            feeds[inp.name] = rng.integers(0, _num_classes(model), size=dims).astype(np.int64)
         elif inp.type == "tensor(bool)":
             feeds[inp.name] = np.ones(dims, dtype=bool)
-        else:
-            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32) * (0.1 if inp.name in params else 1.0)
+        else:  # small parameters keep activations in a sane range
+            scale = 1.0 if inp.name in USER_INPUTS or inp.name == "image" else 0.1
+            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32) * scale
     values = session.run(names, feeds)
-    return [StoredTensor(n, str(v.dtype), tuple(v.shape), int(v.nbytes)) for n, v in zip(names, values)]
+    return {n: (str(v.dtype), tuple(v.shape), int(v.nbytes)) for n, v in zip(names, values)}
+
+
+def measure_stored(model: onnx.ModelProto, batch: int, seed: int = 0) -> list[StoredTensor]:
+    """Every stored tensor of the training graph, measured at `batch` samples."""
+    names = stored_tensor_names(model)
+    sizes = measure_tensors(model, names, batch, seed)
+    return [StoredTensor(n, *sizes[n]) for n in names]
 
 
 def _num_classes(model: onnx.ModelProto) -> int:
