@@ -11,7 +11,8 @@ from . import RunnerError
 FORMAT = "mobiletl-export/1"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (the manifest's digests; the exporter writes them with this too)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -35,7 +36,7 @@ def load_manifest(folder: Path) -> dict:
         file = folder / name
         if not file.is_file():
             raise RunnerError(f"artifact file missing: {file}")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise RunnerError(f"artifact file corrupt: {file} does not match the manifest's sha256")
     from .ort import onnxruntime
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from device_runner.manifest import FORMAT, sha256_file
 
 from . import __version__
 from .emit.graphs import build_backbone, build_eval, build_training
@@ -65,14 +66,6 @@ class ExportResult:
     manifest: dict
     seconds: float = 0.0
     files: dict = field(default_factory=dict)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -138,7 +131,7 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
 
     norm = plan.structure.normalization
     manifest = {
-        "format": "mobiletl-export/1",
+        "format": FORMAT,
         "model": cfg.model,
         "method": cfg.method,
         "top_k": cfg.top_k,
@@ -172,6 +165,6 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         from onnxruntime.training import onnxblock
 
         onnxblock.save_checkpoint((trainable, frozen), str(tmp / FILES["checkpoint"]))
-        manifest["sha256"] = {name: _sha256(tmp / name) for name in FILES.values()}
+        manifest["sha256"] = {name: sha256_file(tmp / name) for name in FILES.values()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(out, manifest, time.perf_counter() - start, {k: out / v for k, v in FILES.items()})

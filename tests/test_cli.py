@@ -119,7 +119,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(ex, "_sha256", boom)
+    monkeypatch.setattr(ex, "sha256_file", boom)
     out = tmp_path / "o"
     with pytest.raises(RuntimeError):
         export(ExportConfig(model="mbv2", top_k=1, resolution=32, out=str(out)))
