@@ -29,9 +29,14 @@ def _import_capi():
 onnxruntime, C = _import_capi()
 
 
-def session_options(threads: int | None):
+def session_options(threads: int | None, training: bool = False):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if training:
+        # ORT's memory pattern pre-plans one arena block for the whole step; for a training graph, whose
+        # stored tensors live across it, that block measured 1.7x the peak of planning off (mbv2 top-5,
+        # batch 32: 453 vs 261 MiB), at no step-time cost.
+        options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -43,7 +48,7 @@ class Trainer:
 
     def __init__(self, folder, checkpoint: str, threads: int | None = None):
         self.device = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
-        options = session_options(threads)
+        options = session_options(threads, training=True)
         self.state = C.load_checkpoint(str(checkpoint))
         self.module = C.Module(str(folder / "training_model.onnx"), self.state, str(folder / "eval_model.onnx"),
                                self.device, options)
