@@ -67,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
             from .budget import choose_top_k, parse_bytes
 
             cfg.top_k, reason = choose_top_k(cfg, parse_bytes(args.memory_budget), args.report_batch)
-            if args.out is None:
-                cfg.out = None  # default folder name uses the chosen k
             print(reason)
         result = export(cfg)
     except (ValueError, WeightsError, OutputError) as exc:
