@@ -69,9 +69,6 @@ class Trainer:
         self.module.eval_step([features, labels], out)
         return float(out[0].numpy()), out[1].numpy()
 
-    def parameter(self, name: str) -> np.ndarray:
-        return self.state.get_parameter(name).data.numpy()
-
     def save(self, path: str) -> None:
         C.save_checkpoint(self.state, str(path), True)
 

@@ -24,10 +24,6 @@ class StoredTensor:
     shape: tuple
     nbytes: int
 
-    @property
-    def layer(self) -> str:
-        return self.name.split("/", 1)[0]
-
 
 def stored_tensor_names(model: onnx.ModelProto) -> list[str]:
     produced_fwd = set(USER_INPUTS) & {i.name for i in model.graph.input}

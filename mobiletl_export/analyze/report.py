@@ -101,6 +101,8 @@ def _shapes(model: onnx.ModelProto, batch: int) -> dict:
         itemsize = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.BOOL: 1}.get(
             inp.type.tensor_type.elem_type, 4)
         sizes[inp.name] = ("", tuple(dims), int(np.prod(dims)) * itemsize)
+    for init in model.graph.initializer:  # the backbone's parameters (shapes only are used)
+        sizes[init.name] = ("", tuple(init.dims), 0)
     return sizes
 
 
@@ -176,16 +178,8 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report.trainable_params = trainable_bytes // 4
     backbone = onnx.load(str(folder / manifest["files"]["backbone"]))
     bsizes = _shapes(backbone, batch)
-    report.backbone_fwd_flops = sum(_flops(n, lambda name: bsizes[name][1] if name in bsizes else
-                                           _initializer_shape(backbone, name)) for n in backbone.graph.node)
+    report.backbone_fwd_flops = sum(_flops(n, lambda name: bsizes[name][1]) for n in backbone.graph.node)
     return report
-
-
-def _initializer_shape(model: onnx.ModelProto, name: str) -> tuple:
-    for t in model.graph.initializer:
-        if t.name == name:
-            return tuple(t.dims)
-    raise KeyError(name)
 
 
 def mib(n: int) -> str:

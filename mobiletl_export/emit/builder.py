@@ -17,9 +17,6 @@ IR_VERSION = 9  # ORT 1.19.2 loads IR <= 10; 9 is what onnx 1.16/1.17 write for 
 MS_DOMAIN = "com.microsoft"
 DOMAIN = "mobiletl"
 
-# Shape of an activation: (C, H, W) or (C,) without the batch dimension, which stays symbolic.
-Shape = tuple
-
 
 @dataclass
 class GraphBuilder:
@@ -29,7 +26,6 @@ class GraphBuilder:
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     initializers: list = field(default_factory=list)
-    shapes: dict = field(default_factory=dict)  # value name -> per-sample shape
     _used: set = field(default_factory=set)
     _consts: dict = field(default_factory=dict)
 
@@ -84,14 +80,11 @@ class GraphBuilder:
         opsets = {"": OPSET, MS_DOMAIN: 1, **(extra_opsets or {})}
         if functions:
             opsets[DOMAIN] = 1
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializer_list())
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                                   functions=list(functions), ir_version=IR_VERSION,
                                   producer_name="mobiletl-export")
         return model
-
-    def initializer_list(self) -> list:
-        return self.initializers
 
 
 FLOAT, INT64, BOOL, UINT8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL, TensorProto.UINT8
