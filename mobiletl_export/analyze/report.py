@@ -133,6 +133,10 @@ def _liveness_peak(model: onnx.ModelProto, sizes: dict, params: set) -> int:
 def analyze_folder(folder: Path, batch: int = 8) -> Report:
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
+    missing = [k for k in ("trained_blocks", "tail_layers", "head_layers") if k not in manifest]
+    if missing:
+        raise ValueError(f"{folder}/manifest.json lacks {', '.join(missing)}: it was written by an older "
+                         "mobiletl-export; export the folder again")
     training = onnx.load(str(folder / manifest["files"]["training_model"]))
     sizes = _shapes(training, batch)
     shape = lambda name: sizes[name][1]  # noqa: E731
