@@ -151,3 +151,40 @@ def test_mask_functions_pack_like_the_reference(kind, fn, shape):
     np.testing.assert_array_equal(mask, pack_bits(ref_mask).numpy())
     np.testing.assert_array_equal(mask, np.packbits(ref_mask.numpy().ravel(), bitorder="little"))
     np.testing.assert_array_equal(dx, dy * ref_mask.numpy())
+
+
+def ort_execution_order(folder, features, labels) -> list[str]:
+    """Node names in the order ORT's training session ran them (from its profiler), for one train step."""
+    import glob
+
+    from device_runner.ort import C, session_options
+
+    options = session_options(1, training=True)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "order")
+    device = C.OrtDevice(C.OrtDevice.cpu(), C.OrtDevice.default_memory(), 0)
+    state = C.load_checkpoint(str(folder / "checkpoint"))
+    module = C.Module(str(folder / "training_model.onnx"), state, str(folder / "eval_model.onnx"), device, options)
+    module.lazy_reset_grad()
+    module.train_step([features, labels], C.OrtValueVector())
+    del module  # writes the profile
+    (path,) = glob.glob(str(folder / "order*.json"))
+    events = json.loads(open(path).read())
+    return [e["name"][: -len("_kernel_time")] for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+
+
+@pytest.mark.parametrize("name", ["mbv2", "mbv3-small"])
+def test_ort_packs_every_mask_in_the_forward_pass(name, exports):
+    """The memory saving only exists if ORT packs each mask before the backward starts: ORT inlines the mask
+    functions and, left free, scheduled the packing just before the backward read it, keeping x alive."""
+    result = exports(name, "mobiletl", 3)
+    shape = result.manifest["inputs"]["training"]["features"][1:]
+    features = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    order = ort_execution_order(result.out, features,
+                                np.array([1, 2], dtype=np.int64))
+    loss = order.index("fwd/loss/SoftmaxCrossEntropyLoss")
+    packing = [i for i, n in enumerate(order) if n.startswith("_inlfunc_") and "Mask_" in n and "MaskGrad" not in n]
+    unpacking = [i for i, n in enumerate(order) if n.startswith("_inlfunc_MaskGrad")]
+    assert packing and unpacking
+    assert max(packing) < loss < min(unpacking)

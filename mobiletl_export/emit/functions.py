@@ -28,7 +28,7 @@ class _Nodes:
     def __call__(self, op, *inputs, out=None, **attrs):
         self.n += 1
         out = out or f"t{self.n}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=f"{op}{self.n}", **attrs))
         return out
 
     def const(self, value, dtype):
@@ -47,35 +47,54 @@ def _pack(f: _Nodes, mask: str, out: str) -> None:
     f("Cast", f("ReduceSum", weighted, f.const([1], np.int64), keepdims=0), to=TensorProto.UINT8, out=out)
 
 
-def _mask_function(name: str, doc: str, body) -> FunctionProto:
+def _mask_function(name: str, doc: str, condition, activation) -> FunctionProto:
+    """`condition(f, x)` -> bool mask; `activation(f, x, zero)` writes "y", reading the scalar `zero`.
+
+    `zero` is 0.0 computed from the packed mask, so y depends on the mask: every topological order then packs
+    before the activation's consumers run and x can be freed. Without it ORT (default order, functions
+    inlined) moved the packing into the backward pass and kept every float x alive across the step.
+    """
     f = _Nodes()
-    mask = body(f, "x")
-    _pack(f, mask, "mask")
+    _pack(f, condition(f, "x"), "mask")
+    first = f("Slice", "mask", f.const([0], np.int64), f.const([1], np.int64))
+    zero = f("Mul", f("Reshape", f("Cast", first, to=TensorProto.FLOAT), f.const([], np.int64)),
+             f.const(0.0, np.float32))
+    activation(f, "x", zero)
     fn = helper.make_function(DOMAIN, name, ["x"], ["y", "mask"], f.nodes, [helper.make_opsetid("", OPSET)])
     fn.doc_string = doc
     return fn
 
 
 def _relu(f, x):
-    zero = f.const(0.0, np.float32)
-    f("Relu", x, out="y")
-    return f("Greater", x, zero)
+    return f("Greater", x, f.const(0.0, np.float32))
+
+
+def _relu_y(f, x, zero):
+    f("Clip", x, zero, out="y")
 
 
 def _relu6(f, x):
-    zero, six = f.const(0.0, np.float32), f.const(6.0, np.float32)
-    f("Clip", x, zero, six, out="y")
-    return f("And", f("Greater", x, zero), f("Less", x, six))
+    return f("And", f("Greater", x, f.const(0.0, np.float32)), f("Less", x, f.const(6.0, np.float32)))
+
+
+def _relu6_y(f, x, zero):
+    f("Clip", x, zero, f.const(6.0, np.float32), out="y")
 
 
 def _hardswish(f, x):
-    f("HardSwish", x, out="y")
     return f("GreaterOrEqual", x, f.const(0.0, np.float32))
 
 
+def _hardswish_y(f, x, zero):
+    f("Add", f("HardSwish", x), zero, out="y")
+
+
 def _hardsigmoid(f, x):
-    f("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5, out="y")
     return f("And", f("Greater", x, f.const(-3.0, np.float32)), f("Less", x, f.const(3.0, np.float32)))
+
+
+def _hardsigmoid_y(f, x, zero):
+    f("Add", f("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5), zero, out="y")
 
 
 def _mask_grad() -> FunctionProto:
@@ -101,11 +120,11 @@ MASK_OPS = {  # activation kind -> (function name, factor applied to dx after Ma
 
 def mobiletl_functions() -> list[FunctionProto]:
     return [
-        _mask_function("ReLUMask", "y = relu(x); mask = x > 0 (exact derivative)", _relu),
-        _mask_function("ReLU6Mask", "y = clip(x, 0, 6); mask = 0 < x < 6 (exact derivative)", _relu6),
+        _mask_function("ReLUMask", "y = relu(x); mask = x > 0 (exact derivative)", _relu, _relu_y),
+        _mask_function("ReLU6Mask", "y = clip(x, 0, 6); mask = 0 < x < 6 (exact derivative)", _relu6, _relu6_y),
         _mask_function("HardSwishMask", "y = hardswish(x); mask = x >= 0 (MobileTL's sign approximation)",
-                       _hardswish),
+                       _hardswish, _hardswish_y),
         _mask_function("HardSigmoidMask", "y = hardsigmoid(x); mask = -3 < x < 3 (derivative is mask / 6)",
-                       _hardsigmoid),
+                       _hardsigmoid, _hardsigmoid_y),
         _mask_grad(),
     ]
