@@ -9,8 +9,8 @@ Per block (each trained IRB, the tail, the head; the frozen stem and lower IRBs 
   params   trainable parameters
 Totals add the peak of live tensors over the training graph's node order (a liveness pass: a tensor lives
 from the node that produces it to its last reader), the parameters, ORT's gradient accumulation buffers
-(one per trainable tensor) and the optimizer state (AdamW: two moments; SGD: none). Tensors inside the
-`mobiletl` functions are temporaries of one node and are not tracked.
+(one per trainable tensor) and the optimizer state (AdamW: two moments; SGD: none). The liveness pass runs
+on the graph with the `mobiletl` functions inlined (as ORT runs it), so the temporaries of mask packing count.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 
 from .memory import USER_INPUTS, measure_tensors, stored_tensor_names
 
@@ -172,7 +173,8 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report = Report(manifest["model"], manifest["method"], manifest["top_k"], batch, manifest["resolution"],
                     [asdict(b) for b in blocks.values()])
     report.stored_bytes = sum(b.stored_bytes for b in blocks.values())
-    report.peak_live_bytes = _liveness_peak(training, sizes, params)
+    inlined = onnx.inliner.inline_local_functions(training)
+    report.peak_live_bytes = _liveness_peak(inlined, _shapes(inlined, batch), params)
     report.param_bytes = trainable_bytes + frozen_bytes
     report.grad_bytes = trainable_bytes
     report.optimizer_bytes = 2 * trainable_bytes if manifest["optimizer"]["name"] == "adamw" else 0
