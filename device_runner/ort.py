@@ -8,6 +8,7 @@ onnxruntime loads (its validation catches the ImportError).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -41,6 +42,30 @@ def session_options(threads: int | None, training: bool = False):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
+
+
+NCHWC = "com.microsoft.nchwc"  # ORT's internal blocked-layout kernels (x86 builds only)
+
+
+@functools.lru_cache(maxsize=1)
+def nchwc_block_size() -> int:
+    """Channel block size B of this ONNX Runtime's NCHWc kernels (16 with AVX-512, 8 with AVX2), 0 without
+    them. ReorderInput pads channels up to a multiple of B, so reordering a 4-channel tensor (it needs a multiple
+    of 4) reveals B."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC, channels_last=0)
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(NCHWC, 1)],
+                              ir_version=9)
+    options = session_options(1)
+    options.log_severity_level = 4
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - the kernel is not registered (non-x86 build)
+        return 0
+    return int(session.run(None, {"x": np.ones((1, 4, 1, 1), np.float32)})[0].shape[1])
 
 
 class Trainer:

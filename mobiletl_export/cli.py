@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default artifacts/<model>-top<K>-<method>/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--target", default="generic", choices=("generic", "x86-avx2", "x86-avx512", "host"),
+                   help="generic: runs on any ONNX Runtime (ARM included); x86-*: depthwise convs on ORT's "
+                        "NCHWc kernels (several times faster, x86 only, block size baked in); host: this machine")
     return p
 
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ExportConfig(model=args.model, top_k=args.top_k if args.top_k is not None else 0, method=args.method, num_classes=args.num_classes,
                        weights=args.weights, resolution=args.resolution, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
-                       width_mult=args.width_mult, out=args.out, force=args.force)
+                       width_mult=args.width_mult, out=args.out, force=args.force, target=args.target)
     try:
         if args.memory_budget is not None:
             from .budget import choose_top_k, parse_bytes

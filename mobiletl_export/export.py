@@ -24,6 +24,7 @@ from device_runner.manifest import FORMAT, sha256_file
 
 from . import __version__
 from .emit.graphs import build_backbone, build_eval, build_training
+from .emit.nchwc import TARGETS, target_block
 from .lower import lower_backbone, lower_region
 from .models import create_model, imagenet_weights_path
 from .package.folder import atomic_folder, check_writable
@@ -55,6 +56,7 @@ class ExportConfig:
     width_mult: float | None = None
     out: str | None = None
     force: bool = False
+    target: str = "generic"  # generic (any ORT) | x86-avx2 | x86-avx512 | host (emit/nchwc.py)
 
     def out_dir(self) -> Path:
         return Path(self.out or f"artifacts/{self.model}-top{self.top_k}-{self.method}")
@@ -85,6 +87,11 @@ def _validate(cfg: ExportConfig) -> None:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be positive, got {cfg.lr}")
+    target_block(cfg.target)
+
+
+def _target_name(block: int) -> str:
+    return {b: name for name, b in TARGETS.items()}.get(block, f"nchwc{block}")
 
 
 def resolve_weights(cfg: ExportConfig) -> tuple[str | None, str]:
@@ -117,13 +124,14 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
     state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()
              if v.is_floating_point()}
 
+    block = target_block(cfg.target)
     backbone_tape = lower_backbone(plan.structure, plan.frozen_blocks, cfg.resolution)
     features_shape = backbone_tape.shapes["features"]
     region = lower_region(plan.structure, plan.trained_blocks, features_shape)
     models = {
         "backbone": build_backbone(backbone_tape, state),
-        "training_model": build_training(region, state, plan.trainable, plan.masked_activations),
-        "eval_model": build_eval(region, state),
+        "training_model": build_training(region, state, plan.trainable, plan.masked_activations, block),
+        "eval_model": build_eval(region, state, block),
     }
     trainable = [numpy_helper.from_array(state[k], k) for k in plan.trainable]
     frozen = [numpy_helper.from_array(state[k], k) for k in plan.frozen_region_keys]
@@ -147,6 +155,7 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
                       "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},
         "dropout": max([op.attrs["p"] for op in region.ops if op.kind == "dropout"], default=0.0),
         "seed": cfg.seed,
+        "target": {"name": cfg.target if cfg.target != "host" else _target_name(block), "nchwc_block": block},
         "files": dict(FILES),
         "inputs": {
             "backbone": {"image": ["N", 3, cfg.resolution, cfg.resolution]},

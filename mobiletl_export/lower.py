@@ -43,7 +43,8 @@ class Tape:
         kind = "dwconv" if conv.groups > 1 and conv.groups == conv.in_channels else "conv"
         return self.add(kind, name, [x], (conv.out_channels, oh, ow), params, kernel=conv.kernel_size,
                         stride=conv.stride, pads=(pads[0], pads[1], pads[2], pads[3]), dilation=conv.dilation,
-                        group=conv.groups, in_hw=(h, w), output_padding=output_padding)
+                        group=conv.groups, in_hw=(h, w), out_hw=(oh, ow), in_channels=conv.in_channels,
+                        output_padding=output_padding)
 
     def batchnorm(self, name: str, bn: nn.BatchNorm2d, x: str) -> str:
         params = {r: f"{name}.{k}" for r, k in (("gamma", "weight"), ("beta", "bias"), ("mean", "running_mean"),

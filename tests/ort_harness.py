@@ -17,11 +17,12 @@ KINKS = {"relu": (0.0,), "relu6": (0.0, 6.0), "hardswish": (-3.0, 3.0), "hardsig
 
 
 def build(name: str, method: str, k: int, tmp_path, *, res: int = 64, classes: int = 10, optimizer="adamw",
-          lr: float = 1e-3, seed: int = 0):
+          lr: float = 1e-3, seed: int = 0, target: str = "generic"):
     """A randomised model (calibrated BN statistics), its reference net and its exported artifact folder."""
     model = randomize(create_model(name, num_classes=classes, dropout=0.0, seed=seed), seed, res=res)
     cfg = ExportConfig(model=name, top_k=k, method=method, num_classes=classes, resolution=res,
-                       optimizer=optimizer, lr=lr, out=str(tmp_path / f"{name}-{method}-{k}-{optimizer}"))
+                       optimizer=optimizer, lr=lr, out=str(tmp_path / f"{name}-{method}-{k}-{optimizer}-{target}"),
+                       target=target)
     result = export(cfg, model=model)
     net = ReferenceNet(model, make_plan(model, method, k))
     return net, result

@@ -22,6 +22,7 @@ DOMAIN = "mobiletl"
 class GraphBuilder:
     name: str
     phase: str = "fwd"
+    nchwc_block: int = 0  # > 0: depthwise convs run on ORT's NCHWc kernels with this block size (emit/nchwc.py)
     nodes: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
@@ -78,6 +79,7 @@ class GraphBuilder:
 
     def model(self, functions=(), extra_opsets: dict | None = None) -> onnx.ModelProto:
         opsets = {"": OPSET, MS_DOMAIN: 1, **(extra_opsets or {})}
+        opsets.update({n.domain: 1 for n in self.nodes if n.domain not in opsets})
         if functions:
             opsets[DOMAIN] = 1
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)

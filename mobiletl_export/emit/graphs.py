@@ -98,9 +98,9 @@ def _loss_op(tape: Tape) -> Op:
     return Op("loss", "loss", [tape.output, "labels"], ["loss"])
 
 
-def build_eval(tape: Tape, state: dict[str, np.ndarray]) -> onnx.ModelProto:
+def build_eval(tape: Tape, state: dict[str, np.ndarray], nchwc_block: int = 0) -> onnx.ModelProto:
     """features, labels, parameters -> loss, logits (exact forward, dropout off)."""
-    b = GraphBuilder("mobiletl_eval")
+    b = GraphBuilder("mobiletl_eval", nchwc_block=nchwc_block)
     _region_inputs(b, tape, state)
     _forward(b, _steps(tape.ops + [_loss_op(tape)], "eval", False, frozenset()))
     b.add_output("loss", FLOAT, [])
@@ -108,9 +108,10 @@ def build_eval(tape: Tape, state: dict[str, np.ndarray]) -> onnx.ModelProto:
     return b.model()
 
 
-def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool
-                   ) -> onnx.ModelProto:
-    b = GraphBuilder("mobiletl_training")
+def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
+                   nchwc_block: int = 0) -> onnx.ModelProto:
+    """`nchwc_block` > 0: depthwise convs on ORT's x86 NCHWc kernels with that block size (emit/nchwc.py)."""
+    b = GraphBuilder("mobiletl_training", nchwc_block=nchwc_block)
     keys = _region_inputs(b, tape, state)
     missing = [k for k in trainable if k not in keys]
     assert not missing, f"trainable tensors outside the region: {missing}"
