@@ -44,4 +44,19 @@ def load_manifest(folder: Path) -> dict:
     if wrote.split(".")[:2] != onnxruntime.__version__.split(".")[:2]:
         raise RunnerError(f"artifacts were written for onnxruntime {wrote}, this runner has "
                           f"{onnxruntime.__version__}; re-export or install the matching onnxruntime-training")
+    check_target(manifest)
     return manifest
+
+
+def check_target(manifest: dict) -> None:
+    """Artifacts exported for ORT's NCHWc kernels carry the block size in their graphs: another block size
+    would compute wrong numbers silently, no kernels would fail at load. Refuse both up front."""
+    from .ort import nchwc_block_size
+
+    target = manifest.get("target", {"name": "generic", "nchwc_block": 0})
+    block = target["nchwc_block"]
+    if block and block != nchwc_block_size():
+        here = nchwc_block_size()
+        have = f"block size {here}" if here else "no NCHWc kernels (not an x86 build)"
+        raise RunnerError(f"artifacts were exported with --target {target['name']} (NCHWc block size {block}); "
+                          f"this machine's onnxruntime has {have}: re-export with --target generic or host")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from conftest import randomize
 
 from device_runner.cli import main
+from device_runner.ort import nchwc_block_size
 from mobiletl_export.models import create_model
 from mobiletl_export.export import ExportConfig, export
 
@@ -45,7 +47,21 @@ def run(args, capsys):
     return code, capsys.readouterr().err
 
 
-def test_trains_evaluates_and_exports_joined_model(artifacts, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def nchwc_artifacts(tmp_path_factory):
+    """The same on ORT's NCHWc kernels (--target host), mbv2 (its depthwise channels are multiples of 16)."""
+    if not nchwc_block_size():
+        pytest.skip("this ONNX Runtime has no NCHWc kernels (not x86)")
+    out = tmp_path_factory.mktemp("art") / "mbv2-host"
+    model = randomize(create_model("mbv2", num_classes=4, dropout=0.0), res=32)
+    export(ExportConfig(model="mbv2", top_k=2, num_classes=4, resolution=32, out=str(out), target="host"),
+           model=model)
+    return out
+
+
+@pytest.mark.parametrize("target", ["generic", "host"])
+def test_trains_evaluates_and_exports_joined_model(target, request, tmp_path, capsys):
+    artifacts = request.getfixturevalue("artifacts" if target == "generic" else "nchwc_artifacts")
     data = synthetic(tmp_path / "d.npz")
     out = tmp_path / "run"
     code, err = run(["--artifacts", str(artifacts), "--data", str(data), "--epochs", "3", "--batch-size", "8",
@@ -147,6 +163,7 @@ def _corrupt(folder: Path, name: str, tmp_path: Path) -> Path:
     ("tiny", "too small"),
     ("no-data", "data not found"),
     ("existing-run", "already exists"),
+    ("other-target", "NCHWc block size 8"),
 ])
 def test_bad_input(case, message, artifacts, tmp_path, capsys):
     art, data = artifacts, synthetic(tmp_path / "d.npz")
@@ -170,6 +187,14 @@ def test_bad_input(case, message, artifacts, tmp_path, capsys):
         np.savez(data, x=np.zeros((4, 4, 4), np.uint8), y=np.zeros(4, np.int64))
     elif case == "no-data":
         data = tmp_path / "missing.npz"
+    elif case == "other-target":  # exported for AVX2's block size: must not run on another block size
+        art = tmp_path / "art"
+        shutil.copytree(artifacts, art)
+        manifest = json.loads((art / "manifest.json").read_text())
+        other = 16 if nchwc_block_size() == 8 else 8
+        manifest["target"] = {"name": f"x86-block{other}", "nchwc_block": other}
+        (art / "manifest.json").write_text(json.dumps(manifest))
+        message = f"NCHWc block size {other}"
     elif case == "existing-run":
         out.mkdir()
         (out / "metrics.jsonl").write_text("precious\n")
