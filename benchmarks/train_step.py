@@ -1,7 +1,7 @@
 """Training-step time and peak memory of the top-k region: stock ORT vs our export vs PyTorch, side by side.
 
 usage: python benchmarks/train_step.py [--models mbv2,mbv3-large] [--batches 8,32] [--steps 20] [--repeats 3]
-           [--configs stock-ort,ours-vanilla,ours-mobiletl,pytorch] [--top-k 5] [--json results.json]
+           [--configs stock-ort,ours-vanilla,ours-mobiletl,pytorch] [--top-k 5] [--target host] [--json results.json]
 
 Same region (last k IRBs + tail + head), 10 classes, AdamW lr 1e-3, 224 px, 2 threads; a step is forward +
 backward + optimizer update (+ gradient reset); 3 warm-up steps, then --steps timed ones. Each cell runs
@@ -41,6 +41,7 @@ CONFIGS = ("stock-ort", "ours-vanilla", "ours-mobiletl", "pytorch")
 NUM_CLASSES, RESOLUTION, THREADS, LR, WARMUP = 10, 224, 2, 1e-3, 3
 TARGETS = "mobiletl vs stock ORT: memory <= 0.5x, time <= 0.8x; mobiletl time <= PyTorch"
 RESULT_TAG = "RESULT "  # a worker's last stdout line: RESULT {json}
+OPTIONS = {"target": "host"}  # --target of our exports (set by main, passed on to the workers)
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -174,7 +175,8 @@ def prepare_ours(model_name: str, top_k: int, method: str, out: Path) -> dict:
     from mobiletl_export.export import ExportConfig, export
 
     result = export(ExportConfig(model=model_name, top_k=top_k, method=method, resolution=RESOLUTION,
-                                 weights="random", num_classes=NUM_CLASSES, out=str(out / "artifacts")))
+                                 weights="random", num_classes=NUM_CLASSES, out=str(out / "artifacts"),
+                                 target=OPTIONS["target"]))
     return {"features": result.manifest["inputs"]["training"]["features"][1:], "dir": str(result.out)}
 
 
@@ -335,7 +337,8 @@ def run_worker(kind: str, config: str, model: str, top_k: int, folder: Path, bat
                steps: int = 0) -> dict:
     """Run this file as a worker subprocess; a crash or missing result becomes {"error": last stderr line}."""
     cmd = [sys.executable, __file__, "--worker", kind, "--configs", config, "--models", model,
-           "--top-k", str(top_k), "--dir", str(folder), "--batch", str(batch), "--steps", str(steps)]
+           "--top-k", str(top_k), "--dir", str(folder), "--batch", str(batch), "--steps", str(steps),
+           "--target", OPTIONS["target"]]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -482,6 +485,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help=f"timed steps per measurement (after {WARMUP} warm-up)")
     p.add_argument("--repeats", type=int, default=3, help="measure processes per cell (medians are reported)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--target", default="host", choices=("generic", "x86-avx2", "x86-avx512", "host"),
+                   help="mobiletl-export --target of the ours-* configurations")
     p.add_argument("--json", help="write all results to this JSON file")
     p.add_argument("--worker", choices=("prepare", "measure"), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
@@ -498,12 +503,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    OPTIONS["target"] = args.target
     if args.worker:
         args.model, args.config = args.models[0], args.configs[0]
         return worker_main(args)
     configs = [c for c in CONFIGS if c in args.configs]  # fixed column order
     start, busy, own = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
-    print(f"top-{args.top_k} region, {RESOLUTION} px, {THREADS} threads, {WARMUP} warm-up + {args.steps} timed "
+    print(f"top-{args.top_k} region, {RESOLUTION} px, {THREADS} threads, ours with --target {args.target}, "
+          f"{WARMUP} warm-up + {args.steps} timed "
           f"steps, {args.repeats} processes per cell; models {args.models}, batches {args.batches}", flush=True)
     rows = run_all(args.models, args.batches, configs, args.steps, args.top_k, args.repeats)
     comparisons = compare(rows, args.models, args.batches)
@@ -513,7 +520,7 @@ def main(argv=None) -> dict | None:
     share = foreign / (wall * (os.cpu_count() or 1))
     print(f"\ntotal {wall:.0f} s; other processes used {foreign:.1f} CPU-s ({share:.0%} of the machine)"
           + ("  WARNING: the machine was not idle, times are unreliable" if share > 0.05 else ""))
-    settings = {"top_k": args.top_k, "resolution": RESOLUTION, "threads": THREADS, "warmup": WARMUP,
+    settings = {"top_k": args.top_k, "target": args.target, "resolution": RESOLUTION, "threads": THREADS, "warmup": WARMUP,
                 "steps": args.steps, "repeats": args.repeats, "num_classes": NUM_CLASSES, "lr": LR,
                 "cpu_count": os.cpu_count(), "wall_s": wall, "foreign_cpu_s": foreign}
     result = {"settings": settings,

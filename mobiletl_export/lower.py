@@ -6,6 +6,7 @@ The backbone (stem + frozen IRBs) lowers from `image`; the trained region (top-k
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -52,7 +53,9 @@ class Tape:
         return self.add("batchnorm", name, [x], self.shapes[x], params, eps=float(bn.eps))
 
     def act(self, kind: str | None, name: str, x: str) -> str:
-        return x if kind is None else self.add(kind, name, [x], self.shapes[x])
+        if kind is None:
+            return x
+        return self.add(kind, name, [x], self.shapes[x], numel=math.prod(self.shapes[x]))
 
     def conv_bn(self, cb: ConvBN, x: str) -> str:
         y = self.batchnorm(cb.bn_name, cb.bn, self.conv(cb.conv_name, cb.conv, x))

@@ -2,7 +2,8 @@
 
 Each `<Act>Mask(x) -> (y, mask)` computes the activation and packs the element mask its backward needs into
 uint8 (8 elements per byte, element i in bit i % 8: numpy's packbits with bitorder='little').
-`MaskGrad(dy, mask) -> dx` is dy where the bit is set, else 0. Built from standard opset-18 ops only, so any
+`MaskGrad(dy, mask) -> dx` is dy where the bit is set, else 0 (`MaskGradPadded` when the element count is not
+a multiple of 8). Built from standard opset-18 ops only, so any
 ONNX Runtime runs them (ORT inlines functions when it loads the model).
 
 Kernel speeds shape the packing (ORT 1.19 CPU, measured): pack = one integer matmul of the bit planes,
@@ -101,16 +102,21 @@ def _hardsigmoid_y(f, x, zero):
     f("Add", f("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5), zero, out="y")
 
 
-def _mask_grad() -> FunctionProto:
-    """Unpack by table lookup: byte v -> its 8 bits as floats (a [256, 8] Gather beats BitwiseAnd + Casts 3x)."""
+def _mask_grad(padded: bool) -> FunctionProto:
+    """Unpack by table lookup: byte v -> its 8 bits as floats (a [256, 8] Gather beats BitwiseAnd + Casts 3x).
+    `padded`: the element count is not a multiple of 8, so the pad bits are sliced off (a copy of dy's size,
+    which the whole-bytes variant avoids)."""
     f = _Nodes()
     bits = f("Gather", f.const(_BIT_TABLE, np.float32), f("Cast", "mask", to=TensorProto.INT32), axis=0)
-    flat = f("Reshape", bits, f.const([-1], np.int64))
     shape = f("Shape", "dy")
-    keep = f("Slice", flat, f.const([0], np.int64), f("ReduceProd", shape, keepdims=1))  # drop the byte padding
-    f("Mul", "dy", f("Reshape", keep, shape), out="dx")
-    fn = helper.make_function(DOMAIN, "MaskGrad", ["dy", "mask"], ["dx"], f.nodes, [helper.make_opsetid("", OPSET)])
-    fn.doc_string = "dx = dy * unpack(mask); the mask holds one bit per element of dy."
+    if padded:
+        flat = f("Reshape", bits, f.const([-1], np.int64))
+        bits = f("Slice", flat, f.const([0], np.int64), f("ReduceProd", shape, keepdims=1))
+    f("Mul", "dy", f("Reshape", bits, shape), out="dx")
+    name = "MaskGradPadded" if padded else "MaskGrad"
+    fn = helper.make_function(DOMAIN, name, ["dy", "mask"], ["dx"], f.nodes, [helper.make_opsetid("", OPSET)])
+    fn.doc_string = "dx = dy * unpack(mask); the mask holds one bit per element of dy" + (
+        " (last byte padded)." if padded else " (element count a multiple of 8).")
     return fn
 
 
@@ -130,5 +136,6 @@ def mobiletl_functions() -> list[FunctionProto]:
                        _hardswish, _hardswish_y),
         _mask_function("HardSigmoidMask", "y = hardsigmoid(x); mask = -3 < x < 3 (derivative is mask / 6)",
                        _hardsigmoid, _hardsigmoid_y),
-        _mask_grad(),
+        _mask_grad(padded=False),
+        _mask_grad(padded=True),
     ]

@@ -65,6 +65,8 @@ class Activation(Rule):
         op, (dy,) = s.op, dys
         if "mask" not in saved:
             return [_exact_backward(b, op.kind, saved["x"], dy, op.layer)]
-        dx = b.node("MaskGrad", [dy, saved["mask"]], 1, layer=op.layer, domain=DOMAIN)[0]
+        whole_bytes = op.attrs["numel"] % 8 == 0  # per sample, so for every batch size
+        grad = "MaskGrad" if whole_bytes else "MaskGradPadded"
+        dx = b.node(grad, [dy, saved["mask"]], 1, layer=op.layer, domain=DOMAIN)[0]
         factor = MASK_OPS[op.kind][1]
         return [b.op("Mul", dx, b.const(factor), layer=op.layer) if factor != 1.0 else dx]

@@ -2,6 +2,7 @@
 
 backward, split so each half takes ORT's fastest kernel (benchmarks/conv_kernels.py):
   dW (+dB)  ConvGrad (com.microsoft) with its dX output left empty (that half is then skipped); saves X
+            (NCHWc depthwise: one blocked Conv over the batch-stacked X, emit/nchwc.py; saves blocked X)
   dX        pointwise: Conv(dY, W^T) (1.5-2x faster than ConvGrad's dX)
             depthwise, stride 1: Conv(dY, flipped W, group=C); otherwise ConvTranspose(dY, W)
 With --target x86-*, depthwise forward and dX run on ORT's blocked NCHWc kernels (emit/nchwc.py).
@@ -24,7 +25,7 @@ def _pointwise(a: dict) -> bool:
 
 
 def _blocked(b, s: Step) -> bool:
-    return s.op.kind == "dwconv" and nchwc.supports_depthwise(s.op.attrs, b.nchwc_block)
+    return s.op.kind == "dwconv" and "bias" not in s.op.params and nchwc.supports_depthwise(s.op.attrs, b.nchwc_block)
 
 
 def _input_grad(b, s: Step, dy: str) -> str:
@@ -46,17 +47,20 @@ class Conv(Rule):
 
     def forward(self, b, s: Step) -> dict:
         op = s.op
-        if _blocked(b, s) and "bias" not in op.params:
-            nchwc.depthwise(b, op.inputs[0], s.param("weight"), op.attrs, op.layer, out=op.outputs[0])
-        else:
-            inputs = [op.inputs[0], s.param("weight")] + ([s.param("bias")] if "bias" in op.params else [])
-            b.node("Conv", inputs, op.outputs, layer=op.layer, **_conv_attrs(op.attrs))
-        return {"x": op.inputs[0]} if s.needs_backward and s.trains("weight") else {}
+        keep = s.needs_backward and s.trains("weight")
+        if _blocked(b, s):
+            blocked = nchwc.depthwise(b, op.inputs[0], s.param("weight"), op.attrs, op.layer, out=op.outputs[0])
+            return {"blocked_x": blocked} if keep else {}
+        inputs = [op.inputs[0], s.param("weight")] + ([s.param("bias")] if "bias" in op.params else [])
+        b.node("Conv", inputs, op.outputs, layer=op.layer, **_conv_attrs(op.attrs))
+        return {"x": op.inputs[0]} if keep else {}
 
     def backward(self, b, s: Step, saved, dys):
         op, (dy,) = s.op, dys
         bias_grad = "bias" in op.params and s.trains("bias")
-        if s.trains("weight"):
+        if s.trains("weight") and "blocked_x" in saved:
+            nchwc.depthwise_weight_grad(b, saved["blocked_x"], dy, op.attrs, op.layer, s.grad_name("weight"))
+        elif s.trains("weight"):
             outs = ["", s.grad_name("weight")] + ([s.grad_name("bias")] if bias_grad else [])
             b.node("ConvGrad", [dy, saved["x"], s.param("weight")], outs, layer=op.layer, domain="com.microsoft",
                    **_conv_attrs(op.attrs))
