@@ -1,7 +1,9 @@
 """Eval-mode BatchNorm (frozen running statistics): y = (x - mean) * s + beta, s = gamma / sqrt(var + eps).
 
 An affine map, so with gamma frozen its backward stores nothing: dx = dy * s, dbeta = sum(dy) over N, H, W.
-Only a trained gamma needs the input: dgamma = sum(dy * (x - mean) / sqrt(var + eps)).
+Only a trained gamma needs the input: dgamma = sum(dy * (x - mean)) / sqrt(var + eps), computed as
+(sum(dy * x) - mean * sum(dy)) / sqrt(var + eps): one full-size temporary instead of three, at the start of
+the backward where every stored tensor is still alive.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ class BatchNorm(Rule):
         L = op.layer
         inv_std = b.op("Reciprocal", b.op("Sqrt", b.op("Add", s.param("var"), b.const(op.attrs["eps"]), layer=L),
                                           layer=L), layer=L)
+        dbeta = None
         if s.trains("beta"):
-            reduce_sum(b, dy, [0, 2, 3], L, out=s.grad_name("beta"))
+            dbeta = reduce_sum(b, dy, [0, 2, 3], L, out=s.grad_name("beta"))
         if s.trains("gamma"):
-            centered = b.op("Sub", saved["x"], channel_view(b, s.param("mean"), L), layer=L)
-            x_hat = b.op("Mul", centered, channel_view(b, inv_std, L), layer=L)
-            reduce_sum(b, b.op("Mul", dy, x_hat, layer=L), [0, 2, 3], L, out=s.grad_name("gamma"))
+            dbeta = dbeta or reduce_sum(b, dy, [0, 2, 3], L)
+            dy_x = reduce_sum(b, b.op("Mul", dy, saved["x"], layer=L), [0, 2, 3], L)
+            centered = b.op("Sub", dy_x, b.op("Mul", s.param("mean"), dbeta, layer=L), layer=L)
+            b.node("Mul", [centered, inv_std], [s.grad_name("gamma")], layer=L)
         if not s.input_grads[0]:
             return [None]
         scale = channel_view(b, b.op("Mul", s.param("gamma"), inv_std, layer=L), L)
