@@ -14,6 +14,8 @@ from torch import nn
 from .models.spec import IRB, Activation, ConvBN, Dropout, Head, Linear, ModelStructure, Pool, conv_out_hw, conv_pads
 from .rules import Op
 
+ACTIVATIONS = ("relu", "relu6", "hardswish", "hardsigmoid")
+
 
 @dataclass
 class Tape:
@@ -55,7 +57,7 @@ class Tape:
     def act(self, kind: str | None, name: str, x: str) -> str:
         if kind is None:
             return x
-        return self.add(kind, name, [x], self.shapes[x], numel=math.prod(self.shapes[x]))
+        return self.add(kind, name, [x], self.shapes[x], shape=self.shapes[x], numel=math.prod(self.shapes[x]))
 
     def conv_bn(self, cb: ConvBN, x: str) -> str:
         y = self.batchnorm(cb.bn_name, cb.bn, self.conv(cb.conv_name, cb.conv, x))
@@ -80,7 +82,9 @@ class Tape:
         for i, layer in enumerate(head.layers):
             if isinstance(layer, Pool):
                 c, h, w = self.shapes[x]
-                x = self.add("pool", "head.pool", [x], (c,), in_hw=(h, w))
+                last = self.ops[-1]  # an activation's backward broadcasts a [N, C, 1, 1] gradient (rules/pool.py)
+                broadcast = last.outputs == [x] and last.kind in ACTIVATIONS and last.attrs["numel"] % 8 == 0
+                x = self.add("pool", "head.pool", [x], (c,), in_hw=(h, w), broadcast_grad=broadcast)
             elif isinstance(layer, Linear):
                 x = self.add("linear", layer.name, [x], (layer.module.out_features,),
                              {"weight": f"{layer.name}.weight", "bias": f"{layer.name}.bias"})

@@ -134,9 +134,13 @@ def test_mask_functions_pack_like_the_reference(kind, fn, shape):
     from mobiletl_export.reference.functions import mask_and_value
 
     node = helper.make_node(fn, ["x"], ["y", "mask"], domain="mobiletl")
-    whole_bytes = int(np.prod(shape)) % 8 == 0
-    grad = helper.make_node("MaskGrad" if whole_bytes else "MaskGradPadded", ["dy", "mask"], ["dx"], domain="mobiletl")
-    graph = helper.make_graph([node, grad], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+    if int(np.prod(shape)) % 8 == 0:
+        grad = helper.make_node("MaskGrad", ["dy", "mask", "shape"], ["dx"], domain="mobiletl")
+    else:
+        grad = helper.make_node("MaskGradPadded", ["dy", "mask"], ["dx"], domain="mobiletl")
+    shape_const = helper.make_node("Constant", [], ["shape"], value=helper.make_tensor(
+        "shape", TensorProto.INT64, [len(shape)], list(shape)))
+    graph = helper.make_graph([node, shape_const, grad], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
                                                   helper.make_tensor_value_info("dy", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info(n, t, None) for n, t in
                                (("y", TensorProto.FLOAT), ("mask", TensorProto.UINT8), ("dx", TensorProto.FLOAT))])

@@ -108,15 +108,20 @@ def _mask_grad(padded: bool) -> FunctionProto:
     which the whole-bytes variant avoids)."""
     f = _Nodes()
     bits = f("Gather", f.const(_BIT_TABLE, np.float32), f("Cast", "mask", to=TensorProto.INT32), axis=0)
-    shape = f("Shape", "dy")
     if padded:
+        shape = f("Shape", "dy")
         flat = f("Reshape", bits, f.const([-1], np.int64))
         bits = f("Slice", flat, f.const([0], np.int64), f("ReduceProd", shape, keepdims=1))
+        inputs = ["dy", "mask"]
+    else:
+        shape = "shape"  # the activation's shape, [-1, C, H, W]: dy may be a broadcastable [N, C, 1, 1]
+        inputs = ["dy", "mask", "shape"]
     f("Mul", "dy", f("Reshape", bits, shape), out="dx")
     name = "MaskGradPadded" if padded else "MaskGrad"
-    fn = helper.make_function(DOMAIN, name, ["dy", "mask"], ["dx"], f.nodes, [helper.make_opsetid("", OPSET)])
-    fn.doc_string = "dx = dy * unpack(mask); the mask holds one bit per element of dy" + (
-        " (last byte padded)." if padded else " (element count a multiple of 8).")
+    fn = helper.make_function(DOMAIN, name, inputs, ["dx"], f.nodes, [helper.make_opsetid("", OPSET)])
+    fn.doc_string = ("dx = dy * unpack(mask); the mask holds one bit per element of dy (last byte padded)."
+                     if padded else "dx = dy * unpack(mask) reshaped to `shape` (dy broadcasts to it); the mask "
+                     "holds one bit per element, their count a multiple of 8.")
     return fn
 
 

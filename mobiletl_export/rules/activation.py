@@ -65,8 +65,10 @@ class Activation(Rule):
         op, (dy,) = s.op, dys
         if "mask" not in saved:
             return [_exact_backward(b, op.kind, saved["x"], dy, op.layer)]
-        whole_bytes = op.attrs["numel"] % 8 == 0  # per sample, so for every batch size
-        grad = "MaskGrad" if whole_bytes else "MaskGradPadded"
-        dx = b.node(grad, [dy, saved["mask"]], 1, layer=op.layer, domain=DOMAIN)[0]
+        if op.attrs["numel"] % 8 == 0:  # per sample, so for every batch size
+            shape = b.const([-1, *op.attrs["shape"]], "int64")
+            dx = b.node("MaskGrad", [dy, saved["mask"], shape], 1, layer=op.layer, domain=DOMAIN)[0]
+        else:
+            dx = b.node("MaskGradPadded", [dy, saved["mask"]], 1, layer=op.layer, domain=DOMAIN)[0]
         factor = MASK_OPS[op.kind][1]
         return [b.op("Mul", dx, b.const(factor), layer=op.layer) if factor != 1.0 else dx]
