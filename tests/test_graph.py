@@ -192,4 +192,5 @@ def test_ort_packs_every_mask_in_the_forward_pass(name, exports):
     packing = [i for i, n in enumerate(order) if n.startswith("_inlfunc_") and "Mask_" in n and "MaskGrad" not in n]
     unpacking = [i for i, n in enumerate(order) if n.startswith("_inlfunc_MaskGrad")]
     assert packing and unpacking
-    assert max(packing) < loss < min(unpacking)
+    assert max(packing) < loss, f"packing after the loss: {order[max(packing)]}"
+    assert loss < min(unpacking), f"unpacking before the loss: {order[min(unpacking)]}"

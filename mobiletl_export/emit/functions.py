@@ -107,7 +107,12 @@ def _mask_grad(padded: bool) -> FunctionProto:
     `padded`: the element count is not a multiple of 8, so the pad bits are sliced off (a copy of dy's size,
     which the whole-bytes variant avoids)."""
     f = _Nodes()
-    bits = f("Gather", f.const(_BIT_TABLE, np.float32), f("Cast", "mask", to=TensorProto.INT32), axis=0)
+    # [1] computed from dy's data, so the unpacking (dy-sized floats) cannot be scheduled before dy exists
+    first = f("Slice", f("Reshape", "dy", f.const([-1], np.int64)), f.const([0], np.int64), f.const([1], np.int64))
+    one = f("Add", f("Mul", f("Cast", f("IsNaN", first), to=TensorProto.INT64), f.const(0, np.int64)),
+            f.const(1, np.int64))
+    mask = f("Expand", "mask", one)
+    bits = f("Gather", f.const(_BIT_TABLE, np.float32), f("Cast", mask, to=TensorProto.INT32), axis=0)
     if padded:
         shape = f("Shape", "dy")
         flat = f("Reshape", bits, f.const([-1], np.int64))
