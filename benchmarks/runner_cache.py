@@ -2,6 +2,7 @@
 (cached features + training), mbv2 top-5, batch 8, 224 px, one run.
 
 usage: python benchmarks/runner_cache.py [--model mbv2] [--top-k 5] [--images 256] [--epochs 3] [--source npz|jpeg]
+                                        [--target generic|host|x86-avx2|x86-avx512]
 --source npz: images already decoded at the model's resolution (the first epoch pays only the backbone);
 --source jpeg: a class-per-folder set of 400x300 JPEG files (the first epoch also decodes and resizes, as
 on a phone's photo folder). Target (runner issue): later epochs at least 3x faster than the first.
@@ -31,11 +32,13 @@ def main(argv=None) -> dict:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--source", choices=("npz", "jpeg"), default="npz")
+    p.add_argument("--target", default="generic", help="mobiletl-export --target")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         subprocess.run([sys.executable, "-m", "mobiletl_export", "--model", args.model, "--top-k", str(args.top_k),
-                        "--method", args.method, "--resolution", str(args.resolution), "--out", str(tmp / "art")],
+                        "--method", args.method, "--resolution", str(args.resolution), "--out", str(tmp / "art"),
+                        "--target", args.target],
                        check=True, capture_output=True)
         rng = np.random.default_rng(0)
         if args.source == "npz":
