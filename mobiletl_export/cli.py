@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
                        width_mult=args.width_mult, out=args.out, force=args.force, target=args.target)
     try:
+        from .emit.nchwc import runs_here, target_block
+
+        foreign = runs_here(target_block(args.target))
+        if foreign and (args.report or args.memory_budget is not None):
+            return _fail(f"--report and --memory-budget run the training graph, but {foreign}; analyse a "
+                         "--target generic export (the sizes are the same)")
         if args.memory_budget is not None:
             from .budget import choose_top_k, parse_bytes
 
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     m = result.manifest
     import onnx
 
-    stored = measure_stored(onnx.load(result.files["training_model"]), batch=1)
+    stored = None if foreign else measure_stored(onnx.load(result.files["training_model"]), batch=1)
     print(f"wrote {result.out}/ in {result.seconds:.1f} s")
     for name in list(m["files"].values()) + ["manifest.json"]:
         print(f"  {name}")
@@ -87,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['num_classes']} classes, {m['resolution']} px; {m['weights']}")
     print(f"trainable parameters: {m['trainable_parameter_count']:,} in {len(m['trainable'])} tensors; "
           f"frozen region tensors: {len(m['frozen'])}")
-    print(f"stored activations of the training graph: {sum(t.nbytes for t in stored) / 1024:,.1f} KiB per sample "
-          f"({len(stored)} tensors)")
+    if stored is None:
+        print(f"stored activations: not measured ({foreign})")
+    else:
+        print(f"stored activations of the training graph: {sum(t.nbytes for t in stored) / 1024:,.1f} KiB per "
+              f"sample ({len(stored)} tensors)")
     if args.report:
         from .analyze.report import analyze_folder, format_report, write_report
 

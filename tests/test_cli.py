@@ -143,3 +143,24 @@ def test_every_k_exports_and_trains_one_step(name, method, tmp_path):
         assert np.isfinite(loss), (k, loss)
         del ort_run
         shutil.rmtree(result.out)  # 200+ exports: keep the disk footprint of the suite small
+
+
+def test_export_for_another_machines_kernels(tmp_path, capsys):
+    """--target x86-* for a block size this machine lacks: the export works, analysing it (which runs the
+    graph) is refused with one line, and the manifest records the block size for the runner's check."""
+    from device_runner.ort import nchwc_block_size
+
+    target, block = ("x86-avx2", 8) if nchwc_block_size() != 8 else ("x86-avx512", 16)
+    args = ["--model", "mbv3-small", "--top-k", "3", "--resolution", "64", "--target", target]
+    code, stdout, err = run_cli(args + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert "stored activations: not measured" in stdout and f"block size {block}" in stdout
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["target"] == {"name": target,
+                                                                                    "nchwc_block": block}
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "b"), "--report"], capsys)
+    assert code == 2 and "--target generic" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+    from mobiletl_export.cli import report_main
+
+    assert report_main([str(tmp_path / "a")]) == 2
+    assert "cannot analyse" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 
+from ..emit.nchwc import runs_here
 from .memory import USER_INPUTS, measure_tensors, stored_tensor_names
 
 MATMUL_OPS = {"Conv", "ConvGrad", "ConvTranspose", "Gemm", "MatMul"}
@@ -138,6 +139,9 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     if missing:
         raise ValueError(f"{folder}/manifest.json lacks {', '.join(missing)}: it was written by an older "
                          "mobiletl-export; export the folder again")
+    why = runs_here(manifest.get("target", {}).get("nchwc_block", 0))
+    if why:
+        raise ValueError(f"cannot analyse {folder}: the report runs its training graph, but {why}")
     training = onnx.load(str(folder / manifest["files"]["training_model"]))
     sizes = _shapes(training, batch)
     shape = lambda name: sizes[name][1]  # noqa: E731
