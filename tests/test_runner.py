@@ -221,8 +221,11 @@ def test_image_folder_dataset(artifacts, tmp_path, capsys):
     assert code == 0, err
 
 
-def test_runner_needs_no_torch(artifacts, tmp_path):
-    """A virtual environment with numpy, onnxruntime-training, onnx, Pillow — and no torch — runs the runner."""
+@pytest.mark.parametrize("target", ["generic", "host"])
+def test_runner_needs_no_torch(target, request, tmp_path):
+    """A virtual environment with numpy, onnxruntime-training, onnx, Pillow — and no torch — runs the runner
+    (on --target host artifacts too: their check probes ORT's NCHWc block size)."""
+    artifacts = request.getfixturevalue("artifacts" if target == "generic" else "nchwc_artifacts")
     venv = ROOT / ".venv-notorch"
     py = venv / "bin" / "python"
     if not py.exists():
