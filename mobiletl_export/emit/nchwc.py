@@ -3,7 +3,7 @@
 ORT's fast depthwise kernel lives in its internal `com.microsoft.nchwc` domain: `ReorderInput` (NCHW ->
 channels blocked by B), `Conv` on blocked tensors, `ReorderOutput`. Its layout transformer only rewrites Convs
 whose weight is a constant initializer; in a training graph the weights are inputs, so ORT falls back to a
-generic im2col path that is 6-14x slower than the blocked kernel (benchmarks/conv_kernels.py). Here the graph
+generic im2col path (forward + backward of a layer 2-6x slower: benchmarks/kernels.py). Here the graph
 reorders the weight itself (depthwise layout OIHWBo: Reshape [C/B, B, K*K] -> Transpose -> Reshape), so the
 blocked kernel runs with a trainable weight.
 
@@ -50,7 +50,7 @@ def supports_depthwise(a: dict, block: int) -> bool:
 
 
 def flip(b: GraphBuilder, w: str, layer: str) -> str:
-    """W[:, :, ::-1, ::-1]: the kernel of the input gradient of a stride-1 correlation."""
+    """W[:, :, ::-1, ::-1]: the kernel of the input gradient of a stride-1 correlation (generic path too)."""
     end = -(2**62)
     return b.op("Slice", w, b.const([-1, -1], "int64"), b.const([end, end], "int64"), b.const([2, 3], "int64"),
                 b.const([-1, -1], "int64"), layer=layer)

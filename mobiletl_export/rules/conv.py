@@ -1,6 +1,6 @@
 """Conv2d (pointwise, depthwise, with or without bias).
 
-backward, split so each half takes ORT's fastest kernel (benchmarks/conv_kernels.py):
+backward, split so each half takes ORT's fastest kernel (benchmarks/kernels.py):
   dW (+dB)  ConvGrad (com.microsoft) with its dX output left empty (that half is then skipped); saves X
             (NCHWc depthwise: one blocked Conv over the batch-stacked X, emit/nchwc.py; saves blocked X)
   dX        pointwise: Conv(dY, W^T) (1.5-2x faster than ConvGrad's dX)
