@@ -51,12 +51,10 @@ def load_manifest(folder: Path) -> dict:
 def check_target(manifest: dict) -> None:
     """Artifacts exported for ORT's NCHWc kernels carry the block size in their graphs: another block size
     would compute wrong numbers silently, no kernels would fail at load. Refuse both up front."""
-    from .ort import nchwc_block_size
+    from .ort import nchwc_mismatch
 
     target = manifest.get("target", {"name": "generic", "nchwc_block": 0})
-    block = target["nchwc_block"]
-    if block and block != nchwc_block_size():
-        here = nchwc_block_size()
-        have = f"block size {here}" if here else "no NCHWc kernels (not an x86 build)"
-        raise RunnerError(f"artifacts were exported with --target {target['name']} (NCHWc block size {block}); "
-                          f"this machine's onnxruntime has {have}: re-export with --target generic or host")
+    why = nchwc_mismatch(target["nchwc_block"])
+    if why:
+        raise RunnerError(f"artifacts were exported with --target {target['name']}: {why}; re-export with "
+                          "--target generic or host")

@@ -68,6 +68,15 @@ def nchwc_block_size() -> int:
     return int(session.run(None, {"x": np.ones((1, 4, 1, 1), np.float32)})[0].shape[1])
 
 
+def nchwc_mismatch(block: int) -> str | None:
+    """None if this ONNX Runtime runs graphs built for NCHWc block size `block` (0: no NCHWc), else why not."""
+    here = nchwc_block_size()
+    if block == 0 or block == here:
+        return None
+    have = f"block size {here}" if here else "no NCHWc kernels (not an x86 build)"
+    return f"the graphs use NCHWc block size {block} and this machine's onnxruntime has {have}"
+
+
 class Trainer:
     """CheckpointState + Module + Optimizer over an artifact folder."""
 

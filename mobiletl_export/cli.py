@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
                        width_mult=args.width_mult, out=args.out, force=args.force, target=args.target)
     try:
-        from .emit.nchwc import runs_here, target_block
+        from device_runner.ort import nchwc_mismatch
 
-        foreign = runs_here(target_block(args.target))
+        from .emit.nchwc import target_block
+
+        foreign = nchwc_mismatch(target_block(args.target))
         if foreign and (args.report or args.memory_budget is not None):
             return _fail(f"--report and --memory-budget run the training graph, but {foreign}; analyse a "
                          "--target generic export (the sizes are the same)")

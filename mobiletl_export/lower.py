@@ -57,7 +57,7 @@ class Tape:
     def act(self, kind: str | None, name: str, x: str) -> str:
         if kind is None:
             return x
-        return self.add(kind, name, [x], self.shapes[x], shape=self.shapes[x], numel=math.prod(self.shapes[x]))
+        return self.add(kind, name, [x], self.shapes[x], shape=self.shapes[x])
 
     def conv_bn(self, cb: ConvBN, x: str) -> str:
         y = self.batchnorm(cb.bn_name, cb.bn, self.conv(cb.conv_name, cb.conv, x))
@@ -83,7 +83,7 @@ class Tape:
             if isinstance(layer, Pool):
                 c, h, w = self.shapes[x]
                 last = self.ops[-1]  # an activation's backward broadcasts a [N, C, 1, 1] gradient (rules/pool.py)
-                broadcast = last.outputs == [x] and last.kind in ACTIVATIONS and last.attrs["numel"] % 8 == 0
+                broadcast = last.outputs == [x] and last.kind in ACTIVATIONS and math.prod(last.attrs["shape"]) % 8 == 0
                 x = self.add("pool", "head.pool", [x], (c,), in_hw=(h, w), broadcast_grad=broadcast)
             elif isinstance(layer, Linear):
                 x = self.add("linear", layer.name, [x], (layer.module.out_features,),

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 import onnx.inliner
 
-from ..emit.nchwc import runs_here
+from device_runner.ort import nchwc_mismatch
+
 from .memory import USER_INPUTS, measure_tensors, stored_tensor_names
 
 MATMUL_OPS = {"Conv", "ConvGrad", "ConvTranspose", "Gemm", "MatMul"}
@@ -139,11 +140,12 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     if missing:
         raise ValueError(f"{folder}/manifest.json lacks {', '.join(missing)}: it was written by an older "
                          "mobiletl-export; export the folder again")
-    why = runs_here(manifest.get("target", {}).get("nchwc_block", 0))
+    why = nchwc_mismatch(manifest.get("target", {}).get("nchwc_block", 0))
     if why:
         raise ValueError(f"cannot analyse {folder}: the report runs its training graph, but {why}")
     training = onnx.load(str(folder / manifest["files"]["training_model"]))
-    sizes = _shapes(training, batch)
+    inlined = onnx.inliner.inline_local_functions(training)  # keeps every graph-level tensor's name
+    sizes = _shapes(inlined, batch)  # one run measures both views
     shape = lambda name: sizes[name][1]  # noqa: E731
     params = set(manifest["trainable"]) | set(manifest["frozen"])
     params |= {i.name for i in training.graph.input if i.name.endswith(".accumulation.buffer")} | {"lazy_reset_grad"}
@@ -177,8 +179,7 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report = Report(manifest["model"], manifest["method"], manifest["top_k"], batch, manifest["resolution"],
                     [asdict(b) for b in blocks.values()])
     report.stored_bytes = sum(b.stored_bytes for b in blocks.values())
-    inlined = onnx.inliner.inline_local_functions(training)
-    report.peak_live_bytes = _liveness_peak(inlined, _shapes(inlined, batch), params)
+    report.peak_live_bytes = _liveness_peak(inlined, sizes, params)
     report.param_bytes = trainable_bytes + frozen_bytes
     report.grad_bytes = trainable_bytes
     report.optimizer_bytes = 2 * trainable_bytes if manifest["optimizer"]["name"] == "adamw" else 0

@@ -29,16 +29,6 @@ def target_block(target: str) -> int:
     return TARGETS[target]
 
 
-def runs_here(block: int) -> str | None:
-    """None if this machine's ONNX Runtime runs graphs built for `block`, else why not (one line)."""
-    here = nchwc_block_size()
-    if block == 0 or block == here:
-        return None
-    have = f"block size {here}" if here else "none (not an x86 build)"
-    return (f"the graphs use NCHWc block size {block} and this machine's onnxruntime has {have}, so they "
-            "cannot run here")
-
-
 def supports_depthwise(a: dict, block: int) -> bool:
     """Can a depthwise conv with attributes `a` (see lower.Tape.conv) run blocked? Square odd kernel,
     symmetric 'same' padding, stride 1 or 2 (stride 2: even input), channels a multiple of B."""

@@ -7,6 +7,8 @@ x <= 3 -> dy * (x / 3 + 1/2), else dy).
 
 from __future__ import annotations
 
+import math
+
 from ..emit.builder import DOMAIN
 from ..emit.functions import MASK_OPS
 from .base import Rule, Step
@@ -65,7 +67,7 @@ class Activation(Rule):
         op, (dy,) = s.op, dys
         if "mask" not in saved:
             return [_exact_backward(b, op.kind, saved["x"], dy, op.layer)]
-        if op.attrs["numel"] % 8 == 0:  # per sample, so for every batch size
+        if math.prod(op.attrs["shape"]) % 8 == 0:  # per sample, so for every batch size
             shape = b.const([-1, *op.attrs["shape"]], "int64")
             dx = b.node("MaskGrad", [dy, saved["mask"], shape], 1, layer=op.layer, domain=DOMAIN)[0]
         else:
