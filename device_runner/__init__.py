@@ -1,7 +1,7 @@
 """mobiletl-train: the on-device training loop over a mobiletl-export artifact folder.
 
-Needs numpy and onnxruntime-training only (Pillow to decode images, onnx to write the joined inference
-model); never torch.
+Needs numpy, onnxruntime (any build >= 1.17; onnxruntime-training for --backend ort-training), safetensors
+and Pillow (to decode images); never torch or onnx.
 """
 
 

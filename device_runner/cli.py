@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute backbone features every epoch "
                                                             "(for augmentation)")
     p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime")
+    p.add_argument("--backend", choices=("portable", "ort-training"), default="portable",
+                   help="portable (default): the export's standard-ONNX train step on any onnxruntime >= 1.17; "
+                        "ort-training: the ORT-training artifacts through onnxruntime-training's API")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,10 +53,16 @@ def _check_args(a) -> None:
         raise RunnerError("--lr must be positive")
 
 
-def _prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+def _prepare_run_dir(out: Path, resume: bool, force: bool, backend: str) -> None:
     if resume:
         if not out.is_dir():
             raise RunnerError(f"nothing to resume: run folder {out} does not exist")
+        try:
+            earlier = json.loads((out / "run.json").read_text()).get("backend", "ort-training")
+        except (OSError, json.JSONDecodeError):
+            earlier = backend
+        if earlier != backend:
+            raise RunnerError(f"run {out} was trained with --backend {earlier}; resume it with the same backend")
         return
     if out.exists():
         if not force:
@@ -85,7 +94,7 @@ def _run(args) -> int:
 
     _check_args(args)
     folder = Path(args.artifacts)
-    manifest = load_manifest(folder)
+    manifest = load_manifest(folder, args.backend)
     classes = manifest["num_classes"]
     data = load_dataset(args.data, classes, args.max_samples, args.seed)
     if args.val:
@@ -93,15 +102,19 @@ def _run(args) -> int:
     else:
         train, val = split(data, args.val_split, args.seed)
     out = Path(args.out)
-    _prepare_run_dir(out, args.resume, args.force)
+    _prepare_run_dir(out, args.resume, args.force, args.backend)
     (out / "run.json").write_text(json.dumps({**vars(args), "manifest_sha256": manifest["sha256"]}, indent=1))
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                     checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb, cache=not args.no_cache,
-                    threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps)
+                    threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,
+                    backend=args.backend)
     run = Run(folder, manifest, out, train, val, cfg, args.resume)
     try:
+        from .ort import onnxruntime
+
         print(f"training {manifest['model']} top-{manifest['top_k']} ({manifest['method']}) on {len(train)} samples, "
-              f"validating on {len(val)}; feature cache: {run.cache.kind}", file=sys.stderr)
+              f"validating on {len(val)}; feature cache: {run.cache.kind}; backend {args.backend} "
+              f"(onnxruntime {onnxruntime.__version__})", file=sys.stderr)
         last = run.run()
         model = run.export(Path(args.export) if args.export else out / "model.onnx")
     finally:

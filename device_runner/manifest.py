@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import RunnerError
 
-FORMAT = "mobiletl-export/1"
+FORMAT = "mobiletl-export/2"  # /2: the portable step (manifest["portable"])
 
 
 def sha256_file(path: Path) -> str:
@@ -20,7 +20,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_manifest(folder: Path) -> dict:
+def load_manifest(folder: Path, backend: str = "portable") -> dict:
+    """The manifest of an artifact folder, after checking every file's sha256 and that this onnxruntime can
+    run the `backend`'s graphs. RunnerError (one line) otherwise."""
     path = folder / "manifest.json"
     if not folder.is_dir():
         raise RunnerError(f"artifact folder not found: {folder}")
@@ -31,21 +33,38 @@ def load_manifest(folder: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunnerError(f"{path} is corrupt (not JSON)") from None
     if manifest.get("format") != FORMAT:
-        raise RunnerError(f"{path} has format {manifest.get('format')!r}; this runner reads {FORMAT}")
+        raise RunnerError(f"{path} has format {manifest.get('format')!r}; this runner reads {FORMAT} "
+                           "(export the folder again with this version of mobiletl-export)")
     for name, digest in manifest["sha256"].items():
         file = folder / name
         if not file.is_file():
             raise RunnerError(f"artifact file missing: {file}")
         if sha256_file(file) != digest:
             raise RunnerError(f"artifact file corrupt: {file} does not match the manifest's sha256")
+    check_runtime(manifest, backend)
+    return manifest
+
+
+def _version(text: str) -> tuple[int, int]:
+    return tuple(int(part) for part in text.split(".")[:2])  # type: ignore[return-value]
+
+
+def check_runtime(manifest: dict, backend: str) -> None:
+    """portable: any onnxruntime >= manifest["portable"]["min_onnxruntime"]; ort-training: the training
+    build of the same minor version that wrote the artifacts (its checkpoint and op versions)."""
     from .ort import onnxruntime
 
-    wrote = manifest["versions"]["onnxruntime"]
-    if wrote.split(".")[:2] != onnxruntime.__version__.split(".")[:2]:
-        raise RunnerError(f"artifacts were written for onnxruntime {wrote}, this runner has "
-                          f"{onnxruntime.__version__}; re-export or install the matching onnxruntime-training")
+    have = onnxruntime.__version__
+    if backend == "ort-training":
+        wrote = manifest["versions"]["onnxruntime"]
+        if _version(wrote) != _version(have):
+            raise RunnerError(f"artifacts were written for onnxruntime {wrote}, this runner has {have}; re-export "
+                              "or install the matching onnxruntime-training (or use --backend portable)")
+    else:
+        need = manifest["portable"]["min_onnxruntime"]
+        if _version(have) < _version(need):
+            raise RunnerError(f"the portable step needs onnxruntime >= {need}, this is {have}")
     check_target(manifest)
-    return manifest
 
 
 def check_target(manifest: dict) -> None:

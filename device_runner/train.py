@@ -1,4 +1,5 @@
-"""The training loop: backbone features (cached), ORT training steps, evaluation, checkpoints, metrics."""
+"""The training loop: backbone features (cached), training steps (portable or ORT-training backend),
+evaluation, checkpoints, metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,22 @@ import numpy as np
 from . import RunnerError, checkpoint
 from .cache import FeatureCache
 from .data import Dataset, preprocess
-from .ort import Inference, Trainer
+from .ort import Inference
+
+BACKENDS = ("portable", "ort-training")
+
+
+def trainer_class(backend: str):
+    """portable: train_step.onnx on any onnxruntime; ort-training: ORT's training API (onnxruntime-training)."""
+    if backend == "portable":
+        from .portable import PortableTrainer
+
+        return PortableTrainer
+    if backend == "ort-training":
+        from .ort import OrtTrainingTrainer
+
+        return OrtTrainingTrainer
+    raise RunnerError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 @dataclass
@@ -30,6 +46,7 @@ class RunConfig:
     seed: int = 0
     progress: bool = True
     max_steps: int | None = None  # stop early (tests, benchmarks)
+    backend: str = "portable"
 
 
 def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
@@ -70,11 +87,12 @@ class Run:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.state = {"step": 0, "epoch": 0, "seed": cfg.seed, "shuffle": "numpy default_rng(seed + epoch)",
                       "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
-        ort_checkpoint = folder / manifest["files"]["checkpoint"]
+        start = None  # the export's initial parameters
+        trainer = trainer_class(cfg.backend)
         if resume:
-            ort_checkpoint, self.state, index = checkpoint.load(run_dir)
+            start, self.state, index = checkpoint.load(run_dir, trainer.CHECKPOINT)
             self.cache.restore_index(index)
-        self.trainer = Trainer(folder, str(ort_checkpoint), cfg.threads)
+        self.trainer = trainer(folder, manifest, start, cfg.threads)
         self.metrics = open(run_dir / "metrics.jsonl", "a")
 
     # -- pieces ------------------------------------------------------------------------------------------
@@ -124,11 +142,10 @@ class Run:
                 index = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
                 feats = self.features(self.train_data, self.cache, index)
                 labels = self.train_data.labels[index]
-                loss, logits = self.trainer.train_step(feats, labels)
+                lr = learning_rate(self.lr, cfg.schedule, st["step"], self.total_steps)
+                loss, logits = self.trainer.step(feats, labels, lr)  # no update when the loss is not finite
                 if not math.isfinite(loss):
                     raise RunnerError(f"loss became {loss} at step {st['step']}; lower --lr")
-                lr = learning_rate(self.lr, cfg.schedule, st["step"], self.total_steps)
-                self.trainer.optimizer_step(lr)
                 st["step"] += 1
                 st["epoch_loss_sum"] += loss * len(index)
                 st["epoch_correct"] += int((logits.argmax(1) == labels).sum())
@@ -161,13 +178,10 @@ class Run:
         return last
 
     def export(self, out: Path) -> Path:
-        from .export import join_models
+        """The joined image -> logits model with the trained parameters (inference.py)."""
+        from .inference import write_inference
 
-        top = self.run_dir / "top_inference.onnx"
-        self.trainer.export_top(top)
-        join_models(self.folder / self.manifest["files"]["backbone"], top, out)
-        top.unlink()
-        return out
+        return write_inference(self.folder, self.manifest, self.trainer.parameters(), out)
 
     def close(self) -> None:
         self.metrics.close()

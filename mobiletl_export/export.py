@@ -6,7 +6,12 @@
       eval_model.onnx        features, labels -> loss, logits
       optimizer_model.onnx   AdamW or SGD (onnxblock)
       checkpoint             trainable + frozen region tensors, by state_dict key
-      manifest.json          what all of this is, with sha256 of every file
+    and the portable contract (package/portable.py; standard ONNX ops, plain onnxruntime >= 1.17):
+      train_step.onnx        one model per training step: forward, backward, optimizer
+      eval_step.onnx         features, labels, params -> loss, logits
+      inference.onnx         image -> logits with the initial weights, completed by runners with trained ones
+      parameters.safetensors trainable tensors by state_dict key
+      manifest.json          what all of this is, with sha256 of every file (schema: docs/MANIFEST.md)
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .emit.nchwc import TARGETS, target_block
 from .lower import lower_backbone, lower_region
 from .models import create_model, imagenet_weights_path
 from .package.folder import atomic_folder, check_writable
+from .package import portable
 from .package.optimizer import build_optimizer
 from .plan import make_plan
 
@@ -37,6 +43,7 @@ FILES = {
     "eval_model": "eval_model.onnx",
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
+    **portable.FILES,
 }
 
 
@@ -133,6 +140,11 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "training_model": build_training(region, state, plan.trainable, plan.masked_activations, block),
         "eval_model": build_eval(region, state, block),
     }
+    masked = plan.masked_activations
+    models["train_step"] = portable.build_train_step(region, state, plan.trainable, masked, cfg.optimizer,
+                                                     cfg.weight_decay, block)
+    models["eval_step"] = portable.build_eval_step(region, state, plan.trainable, block)
+    inference, inference_offset = portable.build_inference(backbone_tape, region, state, plan.trainable)
     trainable = [numpy_helper.from_array(state[k], k) for k in plan.trainable]
     frozen = [numpy_helper.from_array(state[k], k) for k in plan.frozen_region_keys]
     models["optimizer_model"] = build_optimizer(cfg.optimizer, trainable, cfg.weight_decay)
@@ -167,6 +179,9 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "frozen": list(plan.frozen_region_keys),
         "trainable_parameter_count": int(sum(state[k].size for k in plan.trainable)),
         "versions": _versions(),
+        "portable": portable.manifest_section(portable.layout(state, plan.trainable), cfg.optimizer,
+                                              cfg.weight_decay if cfg.optimizer == "adamw" else 0.0,
+                                              inference_offset),
     }
     with atomic_folder(out, cfg.force) as tmp:
         for key, proto in models.items():
@@ -174,6 +189,8 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         from onnxruntime.training import onnxblock
 
         onnxblock.save_checkpoint((trainable, frozen), str(tmp / FILES["checkpoint"]))
+        (tmp / FILES["inference"]).write_bytes(inference)
+        portable.write_parameters(tmp / FILES["parameters"], state, plan.trainable, cfg.optimizer)
         manifest["sha256"] = {name: sha256_file(tmp / name) for name in FILES.values()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(out, manifest, time.perf_counter() - start, {k: out / v for k, v in FILES.items()})

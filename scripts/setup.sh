@@ -15,7 +15,7 @@ stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     # torch==2.13.0 resolves to the CPU build that lies on this machine's disk (see README).
-    .venv/bin/python -m pip install -q -e ".[test,plot]"
+    .venv/bin/python -m pip install -q -e ".[export,test,plot]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -23,6 +23,7 @@ class GraphBuilder:
     name: str
     phase: str = "fwd"
     nchwc_block: int = 0  # > 0: depthwise convs run on ORT's NCHWc kernels with this block size (emit/nchwc.py)
+    portable: bool = False  # backward from standard ai.onnx ops only (no com.microsoft training kernels)
     nodes: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)

@@ -70,23 +70,34 @@ def _backward(b: GraphBuilder, steps: list[Step], saved: list[dict], seed: dict[
                 grads.setdefault(value, []).append(g)
 
 
-def _shape(tape: Tape, value: str) -> list:
+def shape_of(tape: Tape, value: str) -> list:
+    """["batch", *per-sample shape] of a tape value (the graph's dynamic batch dimension first)."""
     return [BATCH, *tape.shapes[value]]
+
+
+def backbone_pass(b: GraphBuilder, tape: Tape) -> None:
+    """Inference forward of the frozen backbone (stem + lower IRBs): `image` -> `features`."""
+    _forward(b, _steps(tape.ops, "infer", False, frozenset()))
+
+
+def param_keys(tape: Tape) -> list[str]:
+    """State_dict keys of every parameter the tape's ops read, in first-use order."""
+    return _param_keys(tape.ops)
 
 
 def build_backbone(tape: Tape, state: dict[str, np.ndarray]) -> onnx.ModelProto:
     """image [N, 3, R, R] -> features: plain inference model, parameters as initializers."""
     b = GraphBuilder("mobiletl_backbone")
-    b.add_input(tape.input, FLOAT, _shape(tape, tape.input))
-    _forward(b, _steps(tape.ops, "infer", False, frozenset()))
+    b.add_input(tape.input, FLOAT, shape_of(tape, tape.input))
+    backbone_pass(b, tape)
     for key in _param_keys(tape.ops):
         b.add_initializer(key, state[key])
-    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    b.add_output(tape.output, FLOAT, shape_of(tape, tape.output))
     return b.model()
 
 
 def _region_inputs(b: GraphBuilder, tape: Tape, state: dict[str, np.ndarray]) -> list[str]:
-    b.add_input(tape.input, FLOAT, _shape(tape, tape.input))
+    b.add_input(tape.input, FLOAT, shape_of(tape, tape.input))
     b.add_input("labels", INT64, [BATCH])
     keys = _param_keys(tape.ops)
     for key in keys:
@@ -102,23 +113,36 @@ def build_eval(tape: Tape, state: dict[str, np.ndarray], nchwc_block: int = 0) -
     """features, labels, parameters -> loss, logits (exact forward, dropout off)."""
     b = GraphBuilder("mobiletl_eval", nchwc_block=nchwc_block)
     _region_inputs(b, tape, state)
-    _forward(b, _steps(tape.ops + [_loss_op(tape)], "eval", False, frozenset()))
+    eval_pass(b, tape)
     b.add_output("loss", FLOAT, [])
-    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    b.add_output(tape.output, FLOAT, shape_of(tape, tape.output))
     return b.model()
 
 
-def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
-                   nchwc_block: int = 0) -> onnx.ModelProto:
-    """`nchwc_block` > 0: depthwise convs on ORT's x86 NCHWc kernels with that block size (emit/nchwc.py)."""
-    b = GraphBuilder("mobiletl_training", nchwc_block=nchwc_block)
-    keys = _region_inputs(b, tape, state)
+def training_pass(b: GraphBuilder, tape: Tape, trainable: tuple[str, ...], masked: bool) -> None:
+    """Forward + backward of the region into `b`, which must already define `features`, `labels` and every
+    parameter by its state_dict key. Writes `loss`, `logits` and `<key>_grad` for each trainable key.
+    Shared by both artifact contracts (ORT training here, portable in package/portable.py)."""
+    keys = _param_keys(tape.ops)
     missing = [k for k in trainable if k not in keys]
     assert not missing, f"trainable tensors outside the region: {missing}"
     steps = _steps(tape.ops + [_loss_op(tape)], "train", masked, frozenset(trainable))
     saved = _forward(b, steps)
-    b.phase = "bwd"
     _backward(b, steps, saved, {"loss": b.const(1.0)})
+
+
+def eval_pass(b: GraphBuilder, tape: Tape, with_loss: bool = True) -> None:
+    """Exact forward of the region (dropout off): `logits` (and `loss` when `with_loss`)."""
+    _forward(b, _steps(tape.ops + ([_loss_op(tape)] if with_loss else []), "eval", False, frozenset()))
+
+
+def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
+                   nchwc_block: int = 0) -> onnx.ModelProto:
+    """ORT on-device training contract. `nchwc_block` > 0: depthwise convs on ORT's x86 NCHWc kernels with
+    that block size (emit/nchwc.py)."""
+    b = GraphBuilder("mobiletl_training", nchwc_block=nchwc_block)
+    _region_inputs(b, tape, state)
+    training_pass(b, tape, trainable, masked)
     b.phase = "acc"
     for key in trainable:
         buffer = b.add_input(f"{key}_grad.accumulation.buffer", FLOAT, list(state[key].shape))
@@ -127,7 +151,7 @@ def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[st
                domain=MS_DOMAIN)
     b.add_input("lazy_reset_grad", BOOL, [1])
     b.add_output("loss", FLOAT, [])
-    b.add_output(tape.output, FLOAT, _shape(tape, tape.output))
+    b.add_output(tape.output, FLOAT, shape_of(tape, tape.output))
     for key in trainable:
         b.add_output(f"{key}_grad.accumulation.out", BOOL, [1])
     return b.model(functions=mobiletl_functions() if masked else ())

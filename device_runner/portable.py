@@ -1,0 +1,120 @@
+"""The portable backend: train_step.onnx / eval_step.onnx on plain onnxruntime (InferenceSession only).
+
+The runner holds the trainable tensors as one flat float32 vector `params` [P] and, for AdamW, the moments
+`exp_avg`, `exp_avg_sq` [P] and the step count; one `run` of train_step.onnx returns the loss, the logits and
+the updated vectors (manifest["portable"], docs/MANIFEST.md). Checkpoints are safetensors files with each
+tensor under its state_dict key and the moments under `exp_avg/<key>`, `exp_avg_sq/<key>` (torch's names),
+so PyTorch, JavaScript or numpy read them without onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import RunnerError
+from .ort import onnxruntime, session_options
+
+CHECKPOINT_FORMAT = "mobiletl-portable/1"
+
+
+def load_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; RunnerError when it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunnerError(f"cannot read {path}: {exc}") from None
+
+
+class PortableTrainer:
+    """Training state (flat parameters, optimizer state, step) and the two sessions of an export.
+
+    Same interface as ort.OrtTrainingTrainer: step(), eval_step(), save(), parameters()."""
+
+    CHECKPOINT = "parameters.safetensors"
+
+    def __init__(self, folder: Path, manifest: dict, checkpoint: Path | None = None, threads: int | None = None):
+        spec = manifest["portable"]
+        self.entries = spec["parameters"]
+        self.train_io, self.eval_io = spec["train_step"], spec["eval_step"]
+        self.state_names = list(spec["optimizer"]["state"])
+        files = manifest["files"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(folder / files["train_step"]),
+                                                        session_options(threads, training=True),
+                                                        providers=["CPUExecutionProvider"])
+            self.eval_session = onnxruntime.InferenceSession(str(folder / files["eval_step"]),
+                                                             session_options(threads),
+                                                             providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types; report one line
+            raise RunnerError(f"onnxruntime {onnxruntime.__version__} cannot load the portable step of {folder}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        self.load(checkpoint or folder / files["parameters"])
+
+    # -- state -------------------------------------------------------------------------------------------
+    def load(self, path: Path) -> None:
+        tensors, meta = load_tensors(path)
+        size = self.entries[-1]["offset"] + self.entries[-1]["size"] if self.entries else 0
+        self.params = self._flat(tensors, "", size, path)
+        self.step_count = int(meta.get("step", 0))
+        self.state = {}
+        for name in self.state_names:
+            if self.step_count == 0 and not any(k.startswith(f"{name}/") for k in tensors):
+                self.state[name] = np.zeros(size, np.float32)
+            else:
+                self.state[name] = self._flat(tensors, f"{name}/", size, path)
+
+    def _flat(self, tensors: dict, prefix: str, size: int, path: Path) -> np.ndarray:
+        flat = np.empty(size, np.float32)
+        for e in self.entries:
+            t = tensors.get(prefix + e["name"])
+            if t is None:
+                raise RunnerError(f"{path} has no tensor {prefix + e['name']!r}: not a checkpoint of this export")
+            if list(t.shape) != e["shape"] or t.dtype != np.float32:
+                raise RunnerError(f"{path}: {prefix + e['name']} is {t.dtype} {list(t.shape)}, the export needs "
+                                  f"float32 {e['shape']}")
+            flat[e["offset"]:e["offset"] + e["size"]] = t.reshape(-1)
+        return flat
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Trainable tensors by state_dict key (views of the flat vector)."""
+        return {e["name"]: self.params[e["offset"]:e["offset"] + e["size"]].reshape(e["shape"])
+                for e in self.entries}
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = dict(self.parameters())
+        for name in self.state_names:
+            tensors.update({f"{name}/{e['name']}": self.state[name][e["offset"]:e["offset"] + e["size"]]
+                           .reshape(e["shape"]) for e in self.entries})
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+                  metadata={"format": CHECKPOINT_FORMAT, "step": str(self.step_count)})
+
+    # -- steps -------------------------------------------------------------------------------------------
+    def step(self, features: np.ndarray, labels: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
+        """One training step at learning rate `lr`; the state changes only when the loss is finite."""
+        i, o = self.train_io["inputs"], self.train_io["outputs"]
+        feeds = {i["features"]: features, i["labels"]: labels, i["params"]: self.params,
+                 i["lr"]: np.asarray(lr, np.float32)}
+        if "step" in i:
+            feeds[i["step"]] = np.asarray(self.step_count, np.int64)
+        feeds.update({i[name]: self.state[name] for name in self.state_names})
+        names = [o["loss"], o["logits"], o["params"]] + [o[name] for name in self.state_names]
+        loss, logits, params, *state = self.session.run(names, feeds)
+        loss = float(loss)
+        if np.isfinite(loss):
+            self.params = params
+            self.state = dict(zip(self.state_names, state))
+            self.step_count += 1
+        return loss, logits
+
+    def eval_step(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+        i, o = self.eval_io["inputs"], self.eval_io["outputs"]
+        loss, logits = self.eval_session.run([o["loss"], o["logits"]], {
+            i["features"]: features, i["labels"]: labels, i["params"]: self.params})
+        return float(loss), logits
