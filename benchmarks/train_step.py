@@ -1,7 +1,12 @@
 """Training-step time and peak memory of the top-k region: stock ORT vs our export vs PyTorch, side by side.
 
 usage: python benchmarks/train_step.py [--models mbv2,mbv3-large] [--batches 8,32] [--steps 20] [--repeats 3]
-           [--configs stock-ort,ours-vanilla,ours-mobiletl,pytorch] [--top-k 5] [--target host] [--json results.json]
+           [--configs stock-ort,ours-vanilla,ours-mobiletl,portable-mobiletl,pytorch] [--top-k 5] [--target host]
+           [--json results.json]
+
+ours-*: the ORT-training artifacts through onnxruntime-training 1.19.2's Module/Optimizer (`--backend
+ort-training`); portable-mobiletl: the same export's portable step (train_step.onnx, InferenceSession) on the
+newest plain onnxruntime, run by the runner's own environment `.venv-runner` (scripts/setup.sh), no torch.
 
 Same region (last k IRBs + tail + head), 10 classes, AdamW lr 1e-3, 224 px, 2 threads; a step is forward +
 backward + optimizer update (+ gradient reset); 3 warm-up steps, then --steps timed ones. Each cell runs
@@ -37,9 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = ("stock-ort", "ours-vanilla", "ours-mobiletl", "pytorch")
+CONFIGS = ("stock-ort", "ours-vanilla", "ours-mobiletl", "portable-mobiletl", "pytorch")
+RUNNER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-runner" / "bin" / "python"  # plain onnxruntime
 NUM_CLASSES, RESOLUTION, THREADS, LR, WARMUP = 10, 224, 2, 1e-3, 3
-TARGETS = "mobiletl vs stock ORT: memory <= 0.5x, time <= 0.8x; mobiletl time <= PyTorch"
+TARGETS = ("mobiletl vs stock ORT: memory <= 0.5x, time <= 0.8x; mobiletl time <= PyTorch; portable step vs "
+           "ORT-training step: time <= 1.1x, memory <= 1.05x; portable time <= PyTorch")
 RESULT_TAG = "RESULT "  # a worker's last stdout line: RESULT {json}
 OPTIONS = {"target": "host"}  # --target of our exports (set by main, passed on to the workers)
 
@@ -191,8 +198,8 @@ def prepare_pytorch(model_name: str, top_k: int, out: Path) -> dict:
 def prepare(config: str, model_name: str, top_k: int, out: Path) -> dict:
     if config == "stock-ort":
         return prepare_stock(model_name, top_k, out)
-    if config.startswith("ours-"):
-        return prepare_ours(model_name, top_k, config.removeprefix("ours-"), out)
+    if config.startswith(("ours-", "portable-")):
+        return prepare_ours(model_name, top_k, config.split("-", 1)[1], out)
     return prepare_pytorch(model_name, top_k, out)
 
 
@@ -221,14 +228,14 @@ def build_stock(art: Path, features, labels):
     return step
 
 
-def build_ours(art: Path, features, labels):
-    from device_runner.ort import Trainer
+def build_ours(art: Path, features, labels, backend: str):
+    """The runner's trainer of `backend` (portable: train_step.onnx; ort-training: Module + Optimizer)."""
+    from device_runner.train import trainer_class
 
-    trainer = Trainer(art, str(art / "checkpoint"), threads=THREADS)
+    trainer = trainer_class(backend)(art, json.loads((art / "manifest.json").read_text()), None, THREADS)
 
     def step() -> float:
-        loss, _ = trainer.train_step(features, labels)  # resets the gradient buffers first
-        trainer.optimizer_step(LR)
+        loss, _ = trainer.step(features, labels, LR)  # forward, backward and the optimizer update
         return loss
 
     return step
@@ -294,7 +301,7 @@ def measure(config: str, model_name: str, top_k: int, batch: int, steps: int, sh
     elif config == "stock-ort":
         step = build_stock(art, features, labels)
     else:
-        step = build_ours(art, features, labels)
+        step = build_ours(art, features, labels, "portable" if config.startswith("portable-") else "ort-training")
     setup = _status_mb("VmRSS") - baseline["rss"] - (_status_mb("RssFile") - baseline["file"])  # before step 1
     losses = [step() for _ in range(WARMUP)]
     times = []
@@ -305,7 +312,15 @@ def measure(config: str, model_name: str, top_k: int, batch: int, steps: int, sh
     return {"median_ms": statistics.median(times), "min_ms": min(times), "step_ms": times,
             "peak_mb": peak_above(baseline), "peak_rss_mb": _status_mb("VmHWM") - baseline["rss"],
             "setup_mb": setup, "baseline_rss_mb": baseline["rss"], "hwm_reset": baseline["hwm_reset"],
-            "loss_first": losses[0], "loss_last": losses[-1]}
+            "loss_first": losses[0], "loss_last": losses[-1], "onnxruntime": _ort_version(config)}
+
+
+def _ort_version(config: str) -> str | None:
+    if config == "pytorch":
+        return None
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def worker_main(args) -> None:
@@ -336,7 +351,8 @@ def _one_line(exc: BaseException | str) -> str:
 def run_worker(kind: str, config: str, model: str, top_k: int, folder: Path, batch: int = 0,
                steps: int = 0) -> dict:
     """Run this file as a worker subprocess; a crash or missing result becomes {"error": last stderr line}."""
-    cmd = [sys.executable, __file__, "--worker", kind, "--configs", config, "--models", model,
+    python = RUNNER_PYTHON if kind == "measure" and config.startswith("portable-") else sys.executable
+    cmd = [str(python), __file__, "--worker", kind, "--configs", config, "--models", model,
            "--top-k", str(top_k), "--dir", str(folder), "--batch", str(batch), "--steps", str(steps),
            "--target", OPTIONS["target"]]
     try:
@@ -432,9 +448,15 @@ def compare(rows: list[dict], models, batches) -> list[dict]:
                  "mem_vs_stock": _ratio(by, "ours-mobiletl", "stock-ort", "peak_mb"),
                  "time_vs_pytorch": _ratio(by, "ours-mobiletl", "pytorch", "median_ms"),
                  "mem_vs_pytorch": _ratio(by, "ours-mobiletl", "pytorch", "peak_mb")}
+            c.update({"portable_time_vs_ort_training": _ratio(by, "portable-mobiletl", "ours-mobiletl", "median_ms"),
+                      "portable_mem_vs_ort_training": _ratio(by, "portable-mobiletl", "ours-mobiletl", "peak_mb"),
+                      "portable_time_vs_pytorch": _ratio(by, "portable-mobiletl", "pytorch", "median_ms")})
             c["targets"] = {"mem <= 0.5x stock": _met(c["mem_vs_stock"], 0.5),
                             "time <= 0.8x stock": _met(c["time_vs_stock"], 0.8),
-                            "time <= pytorch": _met(c["time_vs_pytorch"], 1.0)}
+                            "time <= pytorch": _met(c["time_vs_pytorch"], 1.0),
+                            "portable time <= 1.1x ort-training": _met(c["portable_time_vs_ort_training"], 1.1),
+                            "portable mem <= 1.05x ort-training": _met(c["portable_mem_vs_ort_training"], 1.05),
+                            "portable time <= pytorch": _met(c["portable_time_vs_pytorch"], 1.0)}
             out.append(c)
     return out
 
@@ -455,15 +477,18 @@ def print_table(rows: list[dict], comparisons: list[dict], configs) -> None:
         return "-" if x is None else f"{x:.2f}x"
 
     head = f"{'model':<11} {'batch':>5} " + " ".join(f"{c:>16}" for c in configs)
-    head += f" | {'mtl/stock t':>11} {'mem':>6} | {'mtl/torch t':>11} {'mem':>6}"
-    print("\nmedian step ms / peak MB above baseline (MiB); ratios = ours-mobiletl / other")
+    head += (f" | {'mtl/stock t':>11} {'mem':>6} | {'mtl/torch t':>11} {'mem':>6}"
+             f" | {'port/ort-tr t':>13} {'mem':>6} | {'port/torch t':>12}")
+    print("\nmedian step ms / peak MB above baseline (MiB); ratios = ours-mobiletl / other, portable-mobiletl / other")
     print(head)
     print("-" * len(head))
     for c in comparisons:
         by = {r["config"]: r for r in rows if r["model"] == c["model"] and r["batch"] == c["batch"]}
         line = f"{c['model']:<11} {c['batch']:>5} " + " ".join(f"{cell(by.get(k)):>16}" for k in configs)
         line += (f" | {fmt(c['time_vs_stock']):>11} {fmt(c['mem_vs_stock']):>6}"
-                 f" | {fmt(c['time_vs_pytorch']):>11} {fmt(c['mem_vs_pytorch']):>6}")
+                 f" | {fmt(c['time_vs_pytorch']):>11} {fmt(c['mem_vs_pytorch']):>6}"
+                 f" | {fmt(c['portable_time_vs_ort_training']):>13} {fmt(c['portable_mem_vs_ort_training']):>6}"
+                 f" | {fmt(c['portable_time_vs_pytorch']):>12}")
         print(line)
     print(f"\ntargets ({TARGETS}):")
     for c in comparisons:

@@ -31,7 +31,7 @@ def test_cli_writes_folder_and_summary(tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["backbone.onnx", "training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint",
-         "manifest.json"])
+         "train_step.onnx", "eval_step.onnx", "inference.onnx", "parameters.safetensors", "manifest.json"])
     assert "trainable parameters:" in stdout and "KiB per sample" in stdout
     assert "seeded random init" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
