@@ -97,21 +97,38 @@ class PortableTrainer:
 
     # -- steps -------------------------------------------------------------------------------------------
     def step(self, features: np.ndarray, labels: np.ndarray, lr: float) -> tuple[float, np.ndarray]:
-        """One training step at learning rate `lr`; the state changes only when the loss is finite."""
+        """One training step at learning rate `lr` (features float32 [N, C, H, W], labels int64 [N]) ->
+        (loss, logits float32 [N, K]).
+
+        The updated parameters and moments are written in place: each `*_out` output is bound (IOBinding) to
+        the buffer of its input. Every node that reads an input runs before the node that writes its output
+        (the update is the last node of each chain), so this equals the functional update (checked by the
+        parity tests on onnxruntime 1.17 and the newest) and keeps the state once in memory instead of twice
+        (for mbv2 top-5: 3 x 7.2 MB). If ORT ever returns a buffer of its own, it is copied back. After a
+        non-finite loss the state is not usable: the runner stops without saving, its last checkpoint stands.
+        """
         i, o = self.train_io["inputs"], self.train_io["outputs"]
-        feeds = {i["features"]: features, i["labels"]: labels, i["params"]: self.params,
-                 i["lr"]: np.asarray(lr, np.float32)}
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(i["features"], np.ascontiguousarray(features, np.float32))
+        binding.bind_cpu_input(i["labels"], np.ascontiguousarray(labels, np.int64))
+        binding.bind_cpu_input(i["lr"], np.asarray(lr, np.float32))
         if "step" in i:
-            feeds[i["step"]] = np.asarray(self.step_count, np.int64)
-        feeds.update({i[name]: self.state[name] for name in self.state_names})
-        names = [o["loss"], o["logits"], o["params"]] + [o[name] for name in self.state_names]
-        loss, logits, params, *state = self.session.run(names, feeds)
-        loss = float(loss)
-        if np.isfinite(loss):
-            self.params = params
-            self.state = dict(zip(self.state_names, state))
-            self.step_count += 1
-        return loss, logits
+            binding.bind_cpu_input(i["step"], np.asarray(self.step_count, np.int64))
+        state = {"params": self.params, **self.state}
+        values = {role: onnxruntime.OrtValue.ortvalue_from_numpy(array) for role, array in state.items()}
+        for role, value in values.items():
+            binding.bind_ortvalue_input(i[role], value)
+        binding.bind_output(o["loss"])
+        binding.bind_output(o["logits"])
+        for role, value in values.items():
+            binding.bind_ortvalue_output(o[role], value)
+        self.session.run_with_iobinding(binding)
+        loss, logits, *updated = binding.get_outputs()
+        for (role, array), value in zip(state.items(), updated):
+            if value.data_ptr() != array.ctypes.data:
+                array[:] = value.numpy()
+        self.step_count += 1
+        return float(loss.numpy()), logits.numpy()
 
     def eval_step(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         i, o = self.eval_io["inputs"], self.eval_io["outputs"]

@@ -58,9 +58,13 @@ def measure_tensors(model: onnx.ModelProto, names: list[str], batch: int, seed: 
             feeds[inp.name] = rng.integers(0, _num_classes(model), size=dims).astype(np.int64)
         elif inp.type == "tensor(bool)":
             feeds[inp.name] = np.ones(dims, dtype=bool)
+        elif inp.type == "tensor(int64)":  # the portable step's optimizer step count
+            feeds[inp.name] = np.zeros(dims, np.int64)
+        elif inp.name == "exp_avg_sq":  # Adam's second moment is >= 0
+            feeds[inp.name] = np.zeros(dims, np.float32)
         else:  # small parameters keep activations in a sane range
             scale = 1.0 if inp.name in USER_INPUTS or inp.name == "image" else 0.1
-            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32) * scale
+            feeds[inp.name] = np.asarray(rng.standard_normal(dims) * scale, np.float32)
     values = session.run(names, feeds)
     return {n: (str(v.dtype), tuple(v.shape), int(v.nbytes)) for n, v in zip(names, values)}
 
