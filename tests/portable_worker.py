@@ -6,6 +6,7 @@ Each job reads its inputs from an .npz and writes `<id>.npz` into OUT_DIR:
   train  PortableTrainer on an export folder: `steps` steps on one batch at `lr`; losses, logits of the first
          step, parameters after the steps, eval_step logits before training
   run    one InferenceSession run of `model` on the named feeds, returning the named outputs
+  order  one training step with ORT's profiler on; `order` = the node names in the order ORT ran them
 Prints {"onnxruntime": version} last, so the test can say which runtime it compared.
 """
 
@@ -40,11 +41,39 @@ def run(job: dict, data) -> dict:
     return dict(zip(job["outputs"], values))
 
 
+def order(job: dict, data) -> dict:
+    import glob
+    import tempfile
+
+    from device_runner import portable
+
+    folder, prefix = Path(job["folder"]), tempfile.mkdtemp()
+    plain = portable.session_options
+
+    def profiled(threads, training=False):
+        options = plain(threads, training)
+        options.enable_profiling, options.profile_file_prefix = training, f"{prefix}/order"
+        return options
+
+    portable.session_options = profiled
+    try:
+        trainer = PortableTrainer(folder, json.loads((folder / "manifest.json").read_text()))
+    finally:
+        portable.session_options = plain
+    trainer.step(data["features"], data["labels"], 1e-3)
+    trainer.session.end_profiling()
+    (path,) = glob.glob(f"{prefix}/order*.json")
+    events = json.loads(Path(path).read_text())
+    names = [e["name"][:-len("_kernel_time")] for e in events
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return {"order": np.asarray(names)}
+
+
 def main(jobs_path: str, out_dir: str) -> None:
     out = Path(out_dir)
     for job in json.loads(Path(jobs_path).read_text()):
         with np.load(job["inputs"]) as data:
-            result = {"train": train, "run": run}[job["kind"]](job, data)
+            result = {"train": train, "run": run, "order": order}[job["kind"]](job, data)
         np.savez(out / f"{job['id']}.npz", **result)
     assert "torch" not in sys.modules and "onnx" not in sys.modules, "the runner must not import torch or onnx"
     print(json.dumps({"onnxruntime": onnxruntime.__version__}))

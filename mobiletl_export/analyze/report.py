@@ -37,6 +37,8 @@ class BlockReport:
     fwd_flops: int = 0
     bwd_flops: int = 0
     trainable_params: int = 0
+    portable_stored_bytes: int = 0  # the same measurements on the portable train_step.onnx
+    portable_peak_live_bytes: int = 0  # its liveness peak, parameter/optimizer state vectors excluded (in place)
 
 
 @dataclass
@@ -187,10 +189,25 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report.fwd_flops = sum(b.fwd_flops for b in blocks.values())
     report.bwd_flops = sum(b.bwd_flops for b in blocks.values())
     report.trainable_params = trainable_bytes // 4
+    _analyze_portable(report, folder, manifest, batch)
     backbone = onnx.load(str(folder / manifest["files"]["backbone"]))
     bsizes = _shapes(backbone, batch)
     report.backbone_fwd_flops = sum(_flops(n, lambda name: bsizes[name][1]) for n in backbone.graph.node)
     return report
+
+
+def _analyze_portable(report: Report, folder: Path, manifest: dict, batch: int) -> None:
+    """Stored bytes and liveness peak of train_step.onnx. The state vectors (params, moments, in and out) are
+    held once by the runner, which updates them in place (device_runner/portable.py), so they count with the
+    parameters and optimizer state, not as live tensors."""
+    step = onnx.load(str(folder / manifest["files"]["train_step"]))
+    inlined = onnx.inliner.inline_local_functions(step)
+    sizes = _shapes(inlined, batch)
+    report.portable_stored_bytes = sum(sizes[name][2] for name in stored_tensor_names(step))
+    io = manifest["portable"]["train_step"]
+    state = {io["inputs"][r] for r in io["inputs"] if r not in ("features", "labels")} | {
+        io["outputs"][r] for r in io["outputs"] if r not in ("loss", "logits")}
+    report.portable_peak_live_bytes = _liveness_peak(inlined, sizes, state)
 
 
 def mib(n: int) -> str:
@@ -210,6 +227,9 @@ def format_report(r: Report) -> str:
     lines.append(f"training memory: peak live tensors {mib(r.peak_live_bytes)} MiB + parameters {mib(r.param_bytes)} "
                  f"+ gradient buffers {mib(r.grad_bytes)} + optimizer state {mib(r.optimizer_bytes)} "
                  f"= {mib(r.training_bytes)} MiB")
+    if r.portable_stored_bytes:
+        lines.append(f"portable step (train_step.onnx): stored {mib(r.portable_stored_bytes)} MiB, peak live tensors "
+                     f"{mib(r.portable_peak_live_bytes)} MiB (parameters and optimizer state updated in place)")
     return "\n".join(lines)
 
 

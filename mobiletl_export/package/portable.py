@@ -85,8 +85,13 @@ def _optimizer(b: GraphBuilder, entries: list[dict], name: str, weight_decay: fl
     """Flat gradient, then the update; returns the names of the updated state vectors (graph outputs)."""
     b.phase = "opt"
     L = "optimizer"
-    flat = [b.op("Reshape", f"{e['name']}_grad", b.const([-1], "int64"), layer=L) for e in entries]
-    g = b.op("Concat", *flat, layer=L, axis=0) if len(flat) > 1 else flat[0]
+    # Flatten to [1, n] + one Concat + one Reshape, not a Reshape per gradient: onnxruntime >= 1.2x's
+    # ReshapeFusion merges Reshape(Reshape(dW)) pairs into new nodes that its default order then runs at the
+    # end of the step, so every dW (and the dY/X it reads) waited there: mbv2 top-5 b32 peaked at 366 MiB
+    # instead of 175 (benchmarks/train_step.py)
+    flat = [b.op("Flatten", f"{e['name']}_grad", layer=L, axis=0) for e in entries]
+    g = b.op("Reshape", b.op("Concat", *flat, layer=L, axis=1) if len(flat) > 1 else flat[0],
+             b.const([-1], "int64"), layer=L)
     b.add_input("lr", FLOAT, [])
     if name == "sgd":
         b.node("Sub", ["params", b.op("Mul", g, "lr", layer=L)], ["params_out"], layer=L)
