@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="generic", choices=("generic", "x86-avx2", "x86-avx512", "host"),
                    help="generic: runs on any ONNX Runtime (ARM included); x86-*: depthwise convs on ORT's "
                         "NCHWc kernels (several times faster, x86 only, block size baked in); host: this machine")
+    p.add_argument("--ort-format", action="store_true",
+                   help="also write .ort files of the ORT-training models (training, eval, optimizer), which ORT's "
+                        "minimal mobile builds load, with their required-operator configs")
     return p
 
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ExportConfig(model=args.model, top_k=args.top_k if args.top_k is not None else 0, method=args.method, num_classes=args.num_classes,
                        weights=args.weights, resolution=args.resolution, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
-                       width_mult=args.width_mult, out=args.out, force=args.force, target=args.target)
+                       width_mult=args.width_mult, out=args.out, force=args.force, target=args.target,
+                       ort_format=args.ort_format)
     try:
         from device_runner.ort import nchwc_mismatch
 

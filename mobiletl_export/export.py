@@ -64,6 +64,7 @@ class ExportConfig:
     out: str | None = None
     force: bool = False
     target: str = "generic"  # generic (any ORT) | x86-avx2 | x86-avx512 | host (emit/nchwc.py)
+    ort_format: bool = False  # also write .ort files of the ORT-training models (ORT's minimal/mobile builds)
 
     def out_dir(self) -> Path:
         return Path(self.out or f"artifacts/{self.model}-top{self.top_k}-{self.method}")
@@ -99,6 +100,30 @@ def _validate(cfg: ExportConfig) -> None:
 
 def _target_name(block: int) -> str:
     return {b: name for name, b in TARGETS.items()}.get(block, f"nchwc{block}")
+
+
+ORT_FORMAT_ROLES = ("training_model", "eval_model", "optimizer_model")
+
+
+def _write_ort_format(folder: Path) -> dict:
+    """training/eval/optimizer models as .ort files (what onnxruntime.training.artifacts.generate_artifacts
+    writes with ort_format=True: convert_onnx_models_to_ort, 'Fixed' optimization style), plus ORT's
+    `<name>.required_operators.config` for a reduced-operator build. Returns the manifest's new `files` roles."""
+    import contextlib
+    import io
+    import logging
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+    files = {}
+    for role in ORT_FORMAT_ROLES:
+        model = folder / FILES[role]
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints progress
+            convert_onnx_models_to_ort(model, output_dir=folder, optimization_styles=[OptimizationStyle.Fixed])
+        files[f"{role}_ort"] = model.with_suffix(".ort").name
+        files[f"{role}_operators"] = model.with_suffix(".required_operators.config").name
+    return files
 
 
 def resolve_weights(cfg: ExportConfig) -> tuple[str | None, str]:
@@ -189,8 +214,10 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         from onnxruntime.training import onnxblock
 
         onnxblock.save_checkpoint((trainable, frozen), str(tmp / FILES["checkpoint"]))
+        if cfg.ort_format:
+            manifest["files"].update(_write_ort_format(tmp))
         (tmp / FILES["inference"]).write_bytes(inference)
         portable.write_parameters(tmp / FILES["parameters"], state, plan.trainable, cfg.optimizer)
-        manifest["sha256"] = {name: sha256_file(tmp / name) for name in FILES.values()}
+        manifest["sha256"] = {name: sha256_file(tmp / name) for name in manifest["files"].values()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return ExportResult(out, manifest, time.perf_counter() - start, {k: out / v for k, v in FILES.items()})
