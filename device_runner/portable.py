@@ -1,8 +1,9 @@
 """The portable backend: train_step.onnx / eval_step.onnx on plain onnxruntime (InferenceSession only).
 
 The runner holds the trainable tensors as one flat float32 vector `params` [P] and, for AdamW, the moments
-`exp_avg`, `exp_avg_sq` [P] and the step count; one `run` of train_step.onnx returns the loss, the logits and
-the updated vectors (manifest["portable"], docs/MANIFEST.md). Checkpoints are safetensors files with each
+`exp_avg`, `exp_avg_sq` [P] and the step count; one `run` of train_step.onnx (the per-key parameter inputs
+bound to views of `params`) returns the loss, the logits and the updated vectors (manifest["portable"],
+docs/MANIFEST.md). Checkpoints are safetensors files with each
 tensor under its state_dict key and the moments under `exp_avg/<key>`, `exp_avg_sq/<key>` (torch's names),
 so PyTorch, JavaScript or numpy read them without onnxruntime.
 """
@@ -81,9 +82,14 @@ class PortableTrainer:
         return flat
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Trainable tensors by state_dict key (views of the flat vector)."""
+        """Trainable tensors by state_dict key: views of the flat vector (they follow its in-place updates)."""
         return {e["name"]: self.params[e["offset"]:e["offset"] + e["size"]].reshape(e["shape"])
                 for e in self.entries}
+
+    def _bind_parameters(self, binding) -> None:
+        """Each per-key input bound to its view of `params` (no copy)."""
+        for name, view in self.parameters().items():
+            binding.bind_ortvalue_input(name, onnxruntime.OrtValue.ortvalue_from_numpy(view))
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -114,6 +120,7 @@ class PortableTrainer:
         binding.bind_cpu_input(i["lr"], np.asarray(lr, np.float32))
         if "step" in i:
             binding.bind_cpu_input(i["step"], np.asarray(self.step_count, np.int64))
+        self._bind_parameters(binding)
         state = {"params": self.params, **self.state}
         values = {role: onnxruntime.OrtValue.ortvalue_from_numpy(array) for role, array in state.items()}
         for role, value in values.items():
@@ -132,6 +139,12 @@ class PortableTrainer:
 
     def eval_step(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         i, o = self.eval_io["inputs"], self.eval_io["outputs"]
-        loss, logits = self.eval_session.run([o["loss"], o["logits"]], {
-            i["features"]: features, i["labels"]: labels, i["params"]: self.params})
-        return float(loss), logits
+        binding = self.eval_session.io_binding()
+        binding.bind_cpu_input(i["features"], np.ascontiguousarray(features, np.float32))
+        binding.bind_cpu_input(i["labels"], np.ascontiguousarray(labels, np.int64))
+        self._bind_parameters(binding)
+        binding.bind_output(o["loss"])
+        binding.bind_output(o["logits"])
+        self.eval_session.run_with_iobinding(binding)
+        loss, logits = binding.get_outputs()
+        return float(loss.numpy()), logits.numpy()

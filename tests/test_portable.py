@@ -67,8 +67,9 @@ def _step_feeds(result, features, labels) -> dict:
     spec = manifest["portable"]
     from safetensors.numpy import load_file
 
-    params = portable.flatten(load_file(str(result.files["parameters"])), spec["parameters"])
-    feeds = {"features": features, "labels": labels, "params": params, "lr": np.float32(0.0)}
+    tensors = load_file(str(result.files["parameters"]))
+    params = portable.flatten(tensors, spec["parameters"])
+    feeds = {"features": features, "labels": labels, "params": params, "lr": np.float32(0.0), **tensors}
     if spec["optimizer"]["name"] == "adamw":
         feeds.update(exp_avg=np.zeros_like(params), exp_avg_sq=np.zeros_like(params), step=np.int64(0))
     return feeds

@@ -252,6 +252,10 @@ def test_runner_on_plain_onnxruntime_without_torch_or_onnx(venv, target, request
     logits = ort.InferenceSession(str(tmp_path / "r" / "model.onnx")).run(
         None, {"image": np.zeros((2, 3, 32, 32), np.float32)})[0]
     assert logits.shape == (2, 4) and np.isfinite(logits).all()
+    compiler = subprocess.run([str(ROOT / venv / "bin" / "mobiletl-export"), "--model", "mbv2", "--top-k", "1"],
+                              capture_output=True, text=True)
+    assert compiler.returncode == 2 and 'pip install ".[export]"' in compiler.stderr
+    assert len(compiler.stderr.strip().splitlines()) == 1, compiler.stderr
 
 
 def test_both_backends_train_the_same(artifacts, tmp_path):

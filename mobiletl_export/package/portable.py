@@ -4,21 +4,23 @@ Same rules as the ORT-training contract (emit/graphs.training_pass), with `Graph
 backward uses standard ai.onnx ops (plus the model-local `mobiletl` functions, themselves standard ops), and
 the optimizer inside the graph. Files (docs/MANIFEST.md describes them for runtimes in any language):
 
-  train_step.onnx   features f32 [N, C, H, W], labels i64 [N], params f32 [P], exp_avg f32 [P],
-                    exp_avg_sq f32 [P], step i64 [] (optimizer steps taken so far), lr f32 []
+  train_step.onnx   features f32 [N, C, H, W], labels i64 [N], each trainable tensor by its state_dict key,
+                    params f32 [P] (the same values, flat), exp_avg f32 [P], exp_avg_sq f32 [P],
+                    step i64 [] (optimizer steps taken so far), lr f32 []
                     -> loss f32 [], logits f32 [N, K], params_out, exp_avg_out, exp_avg_sq_out (f32 [P] each)
                     (SGD: no moments)
-  eval_step.onnx    features, labels, params -> loss, logits
+  eval_step.onnx    features, labels, each trainable tensor by key -> loss, logits
   inference.onnx    image f32 [N, 3, R, R] -> logits f32 [N, K]: backbone + region, trainable tensors at the
                     initial values in a trailing chunk (see `append_initializers`) so a runner completes it
                     with the trained values without an ONNX library
   parameters.safetensors   trainable tensors by state_dict key (their own shapes, float32)
 
-All trainable tensors travel as ONE flat float32 vector `params` (the manifest gives each key's offset,
-shape and size, in state_dict order): the optimizer then runs as a dozen element-wise nodes on [P] instead of
-a dozen per tensor (measured 5-8 ms vs 115-180 ms for AdamW, ../shared/portable-runtimes.md), and a runtime
-keeps three arrays instead of three per tensor. Frozen region tensors (BN statistics, frozen weights) are
-initializers of the step models.
+The optimizer state is ONE flat float32 vector per quantity (`params`, `exp_avg`, `exp_avg_sq`; the manifest
+gives each key's offset, shape and size, in state_dict order): the optimizer then runs as a dozen element-wise
+nodes on [P] instead of a dozen per tensor (measured 5-8 ms vs 115-180 ms for AdamW,
+../shared/portable-runtimes.md), and a runtime keeps three arrays. The forward and backward read the trainable
+tensors through per-key inputs, which a runtime binds to views of `params` (no copy). Frozen region tensors
+(BN statistics, frozen weights) are initializers of the step models.
 
 AdamW follows torch.optim.AdamW (torch/optim/adamw.py, single-tensor path) operation for operation:
   p <- p * (1 - lr * wd);  m <- m + (1 - b1) * (g - m);  v <- v * b2 + (1 - b2) * g * g
@@ -64,14 +66,13 @@ def flatten(state: dict[str, np.ndarray], entries: list[dict]) -> np.ndarray:
     return np.concatenate([state[e["name"]].reshape(-1) for e in entries]).astype(np.float32)
 
 
-def _unpack_params(b: GraphBuilder, entries: list[dict]) -> None:
-    """params [P] -> one tensor per key (Split, then Reshape to the key's shape)."""
+def _parameter_inputs(b: GraphBuilder, entries: list[dict]) -> None:
+    """One input per trainable tensor, named by its key (what the forward and backward read). A runtime binds
+    views of its flat `params` buffer (no copy; a `Split` in the graph would copy all P floats for the whole
+    step: +20 MiB for mbv3-large top-5)."""
     b.phase = "param"
-    b.add_input("params", FLOAT, [sum(e["size"] for e in entries)])
-    pieces = b.node("Split", ["params", b.const([e["size"] for e in entries], "int64")], len(entries),
-                    layer="params", axis=0)
-    for e, piece in zip(entries, pieces):
-        b.node("Reshape", [piece, b.const(e["shape"], "int64")], [e["name"]], layer=e["name"])
+    for e in entries:
+        b.add_input(e["name"], FLOAT, e["shape"])
 
 
 def _frozen_initializers(b: GraphBuilder, keys: list[str], trainable: tuple[str, ...],
@@ -92,13 +93,14 @@ def _optimizer(b: GraphBuilder, entries: list[dict], name: str, weight_decay: fl
     flat = [b.op("Flatten", f"{e['name']}_grad", layer=L, axis=0) for e in entries]
     g = b.op("Reshape", b.op("Concat", *flat, layer=L, axis=1) if len(flat) > 1 else flat[0],
              b.const([-1], "int64"), layer=L)
+    size = sum(e["size"] for e in entries)
+    b.add_input("params", FLOAT, [size])  # the same values as the per-tensor inputs, flat: read only here
     b.add_input("lr", FLOAT, [])
     if name == "sgd":
         b.node("Sub", ["params", b.op("Mul", g, "lr", layer=L)], ["params_out"], layer=L)
         return ["params_out"]
     if name != "adamw":
         raise ValueError(f"unknown optimizer {name!r}; choose adamw or sgd")
-    size = sum(e["size"] for e in entries)
     for vec in STATE["adamw"]:
         b.add_input(vec, FLOAT, [size])
     b.add_input("step", INT64, [])
@@ -130,12 +132,12 @@ def _user_inputs(b: GraphBuilder, tape: Tape) -> None:
 def build_train_step(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
                      optimizer: str, weight_decay: float, nchwc_block: int = 0) -> onnx.ModelProto:
     """One standard-ONNX model per training step: forward, MobileTL backward, optimizer (module docstring).
-    Node phases: param/ (unpack), fwd/, bwd/ (same nodes as the ORT-training graph's but for the standard
-    dW and loss gradient), opt/."""
+    Node phases: fwd/, bwd/ (same nodes as the ORT-training graph's but for the standard dW and loss
+    gradient), opt/."""
     b = GraphBuilder("mobiletl_train_step", nchwc_block=nchwc_block, portable=True)
     entries = layout(state, trainable)
     _user_inputs(b, tape)
-    _unpack_params(b, entries)
+    _parameter_inputs(b, entries)
     _frozen_initializers(b, param_keys(tape), trainable, state)
     b.phase = "fwd"
     training_pass(b, tape, trainable, masked)
@@ -150,10 +152,10 @@ def build_train_step(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[
 
 def build_eval_step(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...],
                     nchwc_block: int = 0) -> onnx.ModelProto:
-    """features, labels, params -> loss, logits (exact forward, dropout off)."""
+    """features, labels, the trainable tensors by key -> loss, logits (exact forward, dropout off)."""
     b = GraphBuilder("mobiletl_eval_step", nchwc_block=nchwc_block, portable=True)
     _user_inputs(b, tape)
-    _unpack_params(b, layout(state, trainable))
+    _parameter_inputs(b, layout(state, trainable))
     _frozen_initializers(b, param_keys(tape), trainable, state)
     b.phase = "fwd"
     eval_pass(b, tape)
@@ -215,6 +217,7 @@ def manifest_section(entries: list[dict], optimizer: str, weight_decay: float, i
     """The manifest's `portable` object (docs/MANIFEST.md)."""
     state = list(STATE[optimizer])
     train_inputs = {"features": "features", "labels": "labels", "params": "params", "lr": "lr"}
+    # besides these roles, both step models have one input per entry of `parameters`, named by its key
     train_outputs = {"loss": "loss", "logits": "logits", "params": "params_out"}
     if optimizer == "adamw":
         train_inputs.update({"step": "step", **{v: v for v in state}})
@@ -226,7 +229,7 @@ def manifest_section(entries: list[dict], optimizer: str, weight_decay: float, i
                       **({"betas": list(BETAS), "eps": ADAMW_EPS, "weight_decay": weight_decay}
                          if optimizer == "adamw" else {})},
         "train_step": {"inputs": train_inputs, "outputs": train_outputs},
-        "eval_step": {"inputs": {"features": "features", "labels": "labels", "params": "params"},
+        "eval_step": {"inputs": {"features": "features", "labels": "labels"},
                       "outputs": {"loss": "loss", "logits": "logits"}},
         "inference": {"inputs": {"image": "image"}, "outputs": {"logits": "logits"},
                       "trainable_offset": inference_offset},
