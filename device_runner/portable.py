@@ -43,6 +43,7 @@ class PortableTrainer:
         self.entries = spec["parameters"]
         self.train_io, self.eval_io = spec["train_step"], spec["eval_step"]
         self.state_names = list(spec["optimizer"]["state"])
+        self.size = spec["parameter_count"]  # P
         files = manifest["files"]
         try:
             self.session = onnxruntime.InferenceSession(str(folder / files["train_step"]),
@@ -59,9 +60,12 @@ class PortableTrainer:
     # -- state -------------------------------------------------------------------------------------------
     def load(self, path: Path) -> None:
         tensors, meta = load_tensors(path)
-        size = self.entries[-1]["offset"] + self.entries[-1]["size"] if self.entries else 0
+        size = self.size
         self.params = self._flat(tensors, "", size, path)
-        self.step_count = int(meta.get("step", 0))
+        try:
+            self.step_count = int(meta.get("step", 0))
+        except ValueError:
+            raise RunnerError(f"{path}: metadata step {meta.get('step')!r} is not an integer") from None
         self.state = {}
         for name in self.state_names:
             if self.step_count == 0 and not any(k.startswith(f"{name}/") for k in tensors):
