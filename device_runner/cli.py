@@ -53,21 +53,51 @@ def _check_args(a) -> None:
         raise RunnerError("--lr must be positive")
 
 
-def _prepare_run_dir(out: Path, resume: bool, force: bool, backend: str) -> None:
-    if resume:
+# options that decide what a run computes: --resume must see the same ones (run.json records them)
+RESUME_FIXED = ("backend", "artifacts", "data", "val", "val_split", "max_samples", "epochs", "batch_size", "lr",
+                "schedule", "seed", "no_cache")
+
+
+def _check_resume(out: Path, args) -> None:
+    try:
+        earlier = json.loads((out / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise RunnerError(f"{out} is not a run folder of mobiletl-train (no readable run.json); nothing to "
+                          "resume") from None
+    earlier.setdefault("backend", "ort-training")  # runs written before the portable backend
+    def same(name, a, b):
+        if name in ("artifacts", "data", "val") and a and b:
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+
+    for name in RESUME_FIXED:
+        if name in earlier and not same(name, earlier[name], getattr(args, name)):
+            flag = "--" + name.replace("_", "-")
+            if name == "backend":
+                raise RunnerError(f"run {out} was trained with --backend {earlier[name]}; resume it with the same "
+                                  "backend")
+            raise RunnerError(f"run {out} was started with {flag} {earlier[name]!r}, not {getattr(args, name)!r}; "
+                              "resume with the same options, or start a new run")
+
+
+def _prepare_run_dir(out: Path, args) -> None:
+    if args.resume:
         if not out.is_dir():
             raise RunnerError(f"nothing to resume: run folder {out} does not exist")
-        try:
-            earlier = json.loads((out / "run.json").read_text()).get("backend", "ort-training")
-        except (OSError, json.JSONDecodeError):
-            earlier = backend
-        if earlier != backend:
-            raise RunnerError(f"run {out} was trained with --backend {earlier}; resume it with the same backend")
+        _check_resume(out, args)
         return
     if out.exists():
-        if not force:
+        if not args.force:
             raise RunnerError(f"run folder {out} already exists; pass --resume to continue it or --force to "
                               "replace it")
+        if not out.is_dir():
+            raise RunnerError(f"--out {out} is a file, not a run folder")
+        if any(out.iterdir()) and not (out / "run.json").is_file():
+            raise RunnerError(f"--force replaces only a run folder of mobiletl-train, and {out} is not one (no "
+                              "run.json); choose another --out")
+        inputs = [Path(p).resolve() for p in (args.artifacts, args.data, args.val) if p]
+        if any(p == out.resolve() or out.resolve() in p.parents for p in inputs):
+            raise RunnerError(f"--out {out} holds the artifacts or the data of this run; choose another --out")
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True)
@@ -102,8 +132,9 @@ def _run(args) -> int:
     else:
         train, val = split(data, args.val_split, args.seed)
     out = Path(args.out)
-    _prepare_run_dir(out, args.resume, args.force, args.backend)
-    (out / "run.json").write_text(json.dumps({**vars(args), "manifest_sha256": manifest["sha256"]}, indent=1))
+    _prepare_run_dir(out, args)
+    if not args.resume:
+        (out / "run.json").write_text(json.dumps({**vars(args), "manifest_sha256": manifest["sha256"]}, indent=1))
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                     checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb, cache=not args.no_cache,
                     threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,

@@ -32,17 +32,51 @@ def load_manifest(folder: Path, backend: str = "portable") -> dict:
         raise RunnerError(f"{path} is missing: not a mobiletl-export artifact folder") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunnerError(f"{path} is corrupt (not JSON)") from None
-    if manifest.get("format") != FORMAT:
-        raise RunnerError(f"{path} has format {manifest.get('format')!r}; this runner reads {FORMAT} "
-                           "(export the folder again with this version of mobiletl-export)")
-    for name, digest in manifest["sha256"].items():
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise RunnerError(f"{path} has format {found!r}; this runner reads {FORMAT} "
+                          "(export the folder again with this version of mobiletl-export)")
+    _check_fields(manifest, path)
+    needed = BACKEND_FILES[backend]
+    for role, name in manifest["files"].items():
         file = folder / name
         if not file.is_file():
-            raise RunnerError(f"artifact file missing: {file}")
-        if sha256_file(file) != digest:
+            if role in needed:  # a device may delete the other contract's files
+                raise RunnerError(f"artifact file missing: {file}")
+            continue
+        digest = manifest["sha256"].get(name)
+        if digest is None or sha256_file(file) != digest:
             raise RunnerError(f"artifact file corrupt: {file} does not match the manifest's sha256")
     check_runtime(manifest, backend)
     return manifest
+
+
+# the files each backend reads (the rest of an export may be left off a device)
+BACKEND_FILES = {
+    "portable": ("backbone", "train_step", "eval_step", "inference", "parameters"),
+    "ort-training": ("backbone", "training_model", "eval_model", "optimizer_model", "checkpoint", "inference"),
+}
+REQUIRED = {"model": str, "method": str, "top_k": int, "num_classes": int, "resolution": int,
+            "normalization": dict, "optimizer": dict, "files": dict, "sha256": dict, "inputs": dict,
+            "trainable": list, "portable": dict, "versions": dict}
+
+
+def _check_fields(manifest: dict, path: Path) -> None:
+    """One line naming the first missing or mistyped field of a hand-edited manifest (not a KeyError later)."""
+    for key, kind in REQUIRED.items():
+        if not isinstance(manifest.get(key), kind):
+            raise RunnerError(f"{path} is malformed: field {key!r} is missing or not a {kind.__name__}")
+    lr = manifest["optimizer"].get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise RunnerError(f"{path} is malformed: optimizer.lr must be a positive number, got {lr!r}")
+    norm = manifest["normalization"]
+    if not all(isinstance(norm.get(k), list) and len(norm[k]) == 3 for k in ("mean", "std")) or \
+            not all(isinstance(v, (int, float)) and v > 0 for v in norm["std"]):
+        raise RunnerError(f"{path} is malformed: normalization needs 3 means and 3 positive stds")
+    missing = [role for role in ("backbone", "train_step", "eval_step", "inference", "parameters")
+               if role not in manifest["files"]]
+    if missing:
+        raise RunnerError(f"{path} is malformed: files lacks {', '.join(missing)}")
 
 
 def _version(text: str) -> tuple[int, int]:

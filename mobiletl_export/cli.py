@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW's decoupled weight decay (default 0.01); SGD exports have none")
     p.add_argument("--dropout", type=float, default=0.0, help="classifier dropout in the training graph")
     p.add_argument("--width-mult", type=float, default=None, help="MobileNet width multiplier (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("give exactly one of --top-k and --memory-budget")
     if args.report_batch < 1:
         return _fail("--report-batch must be >= 1")
+    if args.optimizer == "sgd" and args.weight_decay:
+        return _fail("--optimizer sgd has no weight decay (plain SGD, as ORT's SGD optimizer); drop --weight-decay "
+                     "or use adamw")
+    if args.weight_decay is None:
+        args.weight_decay = 0.01
     cfg = ExportConfig(model=args.model, top_k=args.top_k if args.top_k is not None else 0, method=args.method, num_classes=args.num_classes,
                        weights=args.weights, resolution=args.resolution, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import sys
 
-MISSING = ("mobiletl-export needs the compiler's dependencies (torch, onnx, onnxruntime-training): "
+MISSING = ("the compiler needs its dependencies (torch, onnx, onnxruntime-training): "
            "pip install \".[export]\" on x86-64 Linux with Python 3.10-3.12; this environment lacks {name}")
 
 
-def _cli():
+def _cli(prog: str):
     try:
         from . import cli
     except ImportError as exc:  # torch, onnx or onnxruntime.training missing
-        print(f"{sys.argv[0].rsplit('/', 1)[-1]}: error: " + MISSING.format(name=exc.name or exc), file=sys.stderr)
+        print(f"{prog}: error: " + MISSING.format(name=exc.name or exc), file=sys.stderr)
         raise SystemExit(2) from None
     return cli
 
 
 def main() -> int:
-    return _cli().main()
+    return _cli("mobiletl-export").main()
 
 
 def report_main() -> int:
-    return _cli().report_main()
+    return _cli("mobiletl-report").report_main()

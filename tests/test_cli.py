@@ -97,9 +97,16 @@ def test_existing_folder_needs_force_and_is_kept_intact(tmp_path, capsys):
     code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out)], capsys)
     assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "precious.txt").read_text() == "keep me"
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out), "--force"],
+                           capsys)  # not an export folder: --force does not touch it either
+    assert code == 2 and (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()  # an empty folder may be written into with --force
+    assert run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out), "--force"],
+                   capsys)[0] == 0
+    (out / "stale.txt").write_text("from an earlier export")
     code, _, _ = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(out), "--force"],
-                         capsys)
-    assert code == 0 and not (out / "precious.txt").exists() and (out / "manifest.json").exists()
+                         capsys)  # an export folder is replaced whole
+    assert code == 0 and not (out / "stale.txt").exists() and (out / "manifest.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
 
 
@@ -164,3 +171,19 @@ def test_export_for_another_machines_kernels(tmp_path, capsys):
 
     assert report_main([str(tmp_path / "a")]) == 2
     assert "cannot analyse" in capsys.readouterr().err
+
+
+def test_force_replaces_only_export_folders(tmp_path, capsys):
+    victim = tmp_path / "mine"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--out", str(victim), "--force"],
+                           capsys)
+    assert code == 2 and "not one (no manifest.json)" in err
+    assert (victim / "notes.txt").read_text() == "precious"
+
+
+def test_sgd_with_weight_decay_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--optimizer", "sgd",
+                            "--weight-decay", "0.1", "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "no weight decay" in err and not (tmp_path / "s").exists()

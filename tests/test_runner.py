@@ -156,6 +156,8 @@ def _corrupt(folder: Path, name: str, tmp_path: Path) -> Path:
     ("missing-folder", "artifact folder not found"),
     ("corrupt-checkpoint", "artifact file corrupt"),
     ("missing-file", "artifact file missing"),
+    ("malformed-manifest", "field 'portable' is missing"),
+    ("manifest-list", "has format 'list'"),
     ("bad-labels", "label 7 is outside [0, 4)"),
     ("empty", "is empty"),
     ("nan", "NaN"),
@@ -176,8 +178,9 @@ def test_bad_input(case, message, artifacts, tmp_path, capsys):
     elif case == "corrupt-checkpoint":
         art = _corrupt(artifacts, "checkpoint", tmp_path)
     elif case == "missing-file":
-        art = _corrupt(artifacts, "checkpoint", tmp_path)
-        (art / "eval_model.onnx").unlink()
+        art = tmp_path / "art"
+        shutil.copytree(artifacts, art)
+        (art / "eval_step.onnx").unlink()
     elif case == "bad-labels":
         np.savez(data, x=np.zeros((4, 16, 16), np.uint8), y=np.array([0, 1, 7, 2]))
     elif case == "empty":
@@ -200,6 +203,12 @@ def test_bad_input(case, message, artifacts, tmp_path, capsys):
         message = f"NCHWc block size {other}"
     elif case in ("corrupt-step", "corrupt-parameters"):
         art = _corrupt(artifacts, "train_step.onnx" if case == "corrupt-step" else "parameters.safetensors", tmp_path)
+    elif case in ("malformed-manifest", "manifest-list"):  # hand-edited
+        art = tmp_path / "art"
+        shutil.copytree(artifacts, art)
+        manifest = json.loads((art / "manifest.json").read_text())
+        del manifest["portable"]
+        (art / "manifest.json").write_text(json.dumps(manifest if case == "malformed-manifest" else [manifest]))
     elif case == "old-format":  # written before the portable step existed
         art = tmp_path / "art"
         shutil.copytree(artifacts, art)
@@ -256,6 +265,9 @@ def test_runner_on_plain_onnxruntime_without_torch_or_onnx(venv, target, request
                               capture_output=True, text=True)
     assert compiler.returncode == 2 and 'pip install ".[export]"' in compiler.stderr
     assert len(compiler.stderr.strip().splitlines()) == 1, compiler.stderr
+    module = subprocess.run([str(py), "-m", "mobiletl_export", "--model", "mbv2", "--top-k", "1"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert module.returncode == 2 and len(module.stderr.strip().splitlines()) == 1, module.stderr
 
 
 def test_both_backends_train_the_same(artifacts, tmp_path):
@@ -286,3 +298,44 @@ def test_resume_refuses_another_backend(artifacts, tmp_path, capsys):
     code = main(["--artifacts", str(artifacts), "--data", str(data), "--epochs", "2", "--out", str(out),
                  "--no-progress", "--resume", "--backend", "ort-training"])
     assert code == 2 and "resume it with the same backend" in capsys.readouterr().err
+
+
+def test_portable_backend_needs_only_its_files(artifacts, tmp_path, capsys):
+    """A device may leave the ORT-training files off: the portable backend reads only its own."""
+    art = tmp_path / "art"
+    shutil.copytree(artifacts, art)
+    for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint"):
+        (art / name).unlink()
+    code, err = run(["--artifacts", str(art), "--data", str(synthetic(tmp_path / "d.npz", n=16)), "--epochs", "1",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+
+
+def test_force_replaces_only_run_folders(artifacts, tmp_path, capsys):
+    data = synthetic(tmp_path / "d.npz", n=16)
+    victim = tmp_path / "photos"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    code, err = run(["--artifacts", str(artifacts), "--data", str(data), "--out", str(victim), "--force"], capsys)
+    assert code == 2 and "not one (no run.json)" in err and len(err.strip().splitlines()) == 1
+    assert (victim / "notes.txt").read_text() == "precious"
+    inside = tmp_path / "data"
+    inside.mkdir()
+    (inside / "run.json").write_text("{}")
+    np.savez(inside / "d.npz", **np.load(data))
+    code, err = run(["--artifacts", str(artifacts), "--data", str(inside / "d.npz"), "--out", str(inside), "--force"],
+                    capsys)
+    assert code == 2 and "holds the artifacts or the data" in err
+    assert (inside / "d.npz").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "0.5"), ("--batch-size", "3"), ("--epochs", "4"), ("--seed", "9")])
+def test_resume_refuses_changed_options(flag, value, artifacts, tmp_path, capsys):
+    data = synthetic(tmp_path / "d.npz", n=16)
+    base = ["--artifacts", str(artifacts), "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "2",
+            "--lr", "1e-3"]
+    assert run(base, capsys)[0] == 0
+    changed = base + [flag, value]
+    code, err = run(changed + ["--resume"], capsys)
+    assert code == 2 and f"was started with {flag}" in err, err
+    assert run(base + ["--resume"], capsys)[0] == 0  # the same options resume

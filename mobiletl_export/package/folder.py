@@ -15,10 +15,15 @@ class OutputError(ValueError):
 
 
 def check_writable(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise OutputError(f"output folder {out} already exists; pass --force to replace it")
+    """OutputError unless `out` can be (re)written: --force replaces only an earlier export (a folder with a
+    manifest.json) or an empty folder, never another folder a mistyped --out happens to name."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder")
+    if out.exists() and not force:
+        raise OutputError(f"output folder {out} already exists; pass --force to replace it")
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise OutputError(f"--force replaces only an export folder, and {out} is not one (no manifest.json); "
+                          "choose another --out")
     parent = out.parent
     probe = parent
     while not probe.exists():
