@@ -105,8 +105,17 @@ def _prepare_run_dir(out: Path, args) -> None:
         raise RunnerError(f"cannot create run folder {out}: {exc.strerror}") from None
 
 
+def _terminate(signum, frame):  # SIGTERM (a service manager, `kill`): stop like Ctrl-C, with a message
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
     except RunnerError as exc:

@@ -61,7 +61,8 @@ def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar on stderr, unless disabled or stderr is not a terminal (a log file would fill with redraws)."""
+    if not enabled or not sys.stderr.isatty():
         return None
     try:
         from tqdm import tqdm
