@@ -28,7 +28,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (wire type 2)."""
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
@@ -37,12 +37,12 @@ def tensor_proto(name: str, array: np.ndarray) -> bytes:
     """TensorProto bytes of a float32 array: dims, data_type, name, raw_data (onnx's field order)."""
     dims = b"".join(_varint(8) + _varint(d) for d in array.shape)  # field 1, varint, one entry per dim
     data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return dims + _varint(16) + _varint(FLOAT) + _field(8, name.encode()) + _field(9, data)
+    return dims + _varint(16) + _varint(FLOAT) + field(8, name.encode()) + field(9, data)
 
 
 def initializer_chunk(tensors: list[tuple[str, np.ndarray]]) -> bytes:
     """ModelProto field 7 (graph) with GraphProto field 5 (initializer) per tensor."""
-    return _field(7, b"".join(_field(5, tensor_proto(name, a)) for name, a in tensors))
+    return field(7, b"".join(field(5, tensor_proto(name, a)) for name, a in tensors))
 
 
 def write_inference(folder: Path, manifest: dict, parameters: dict[str, np.ndarray], out: Path) -> Path:

@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from device_runner.inference import field
+
 from ..emit.builder import FLOAT, INT64, GraphBuilder
 from ..emit.functions import mobiletl_functions
 from ..emit.graphs import backbone_pass, eval_pass, param_keys, shape_of, training_pass
@@ -188,21 +190,11 @@ def build_inference(backbone: Tape, region: Tape, state: dict[str, np.ndarray],
 
 
 def append_initializers(tensors: dict[str, np.ndarray]) -> bytes:
-    """ModelProto field 7 (graph) holding only float32 initializers, encoded with onnx's own serializer.
-    The runner's encoder (device_runner/inference.py) must produce the same bytes; a test checks it."""
+    """ModelProto field 7 (graph) holding only float32 initializers, the TensorProtos encoded by onnx's own
+    serializer. The runner encodes them by hand (device_runner/inference.py); a test checks the bytes agree."""
     graph = onnx.GraphProto()
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(v, np.float32), k) for k, v in tensors.items())
-    body = graph.SerializeToString()
-    return _varint((7 << 3) | 2) + _varint(len(body)) + body
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    return field(7, graph.SerializeToString())
 
 
 def write_parameters(path, state: dict[str, np.ndarray], trainable: tuple[str, ...], optimizer: str) -> None:
