@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import statistics
 import sys
@@ -45,29 +44,18 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from device_runner import portable
+    from device_runner.portable import PortableTrainer
 
     folder = Path(args.artifacts)
     manifest = json.loads((folder / "manifest.json").read_text())
-    prefix = tempfile.mkdtemp()
-    plain = portable.session_options
-
-    def profiled(threads, training=False):
-        options = plain(threads, training)
-        options.enable_profiling, options.profile_file_prefix = training, f"{prefix}/step"
-        return options
-
-    portable.session_options = profiled
-    trainer = portable.PortableTrainer(folder, manifest, None, args.threads)
+    trainer = PortableTrainer(folder, manifest, None, args.threads, profile=f"{tempfile.mkdtemp()}/step")
     rng = np.random.default_rng(0)
     shape = manifest["inputs"]["training"]["features"][1:]
     features = rng.standard_normal((args.batch, *shape)).astype(np.float32)
     labels = rng.integers(0, manifest["num_classes"], args.batch).astype(np.int64)
     for _ in range(args.steps):
         trainer.step(features, labels, 1e-4)
-    trainer.session.end_profiling()
-    (path,) = glob.glob(f"{prefix}/step*.json")
-    events = json.loads(Path(path).read_text())
+    events = trainer.profile_events()
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
     per_step: dict[str, list[collections.Counter]] = {"op": [], "layer": []}
     for run in runs[1:]:  # drop the warm-up step

@@ -38,16 +38,20 @@ class PortableTrainer:
 
     CHECKPOINT = "parameters.safetensors"
 
-    def __init__(self, folder: Path, manifest: dict, checkpoint: Path | None = None, threads: int | None = None):
+    def __init__(self, folder: Path, manifest: dict, checkpoint: Path | None = None, threads: int | None = None,
+                 profile: str | None = None):
+        """`profile`: a file prefix; ORT's profiler records every train_step run (read it with profile_events)."""
         spec = manifest["portable"]
         self.entries = spec["parameters"]
         self.train_io, self.eval_io = spec["train_step"], spec["eval_step"]
         self.state_names = list(spec["optimizer"]["state"])
         self.size = spec["parameter_count"]  # P
         files = manifest["files"]
+        options = session_options(threads, training=True)
+        if profile:
+            options.enable_profiling, options.profile_file_prefix = True, profile
         try:
-            self.session = onnxruntime.InferenceSession(str(folder / files["train_step"]),
-                                                        session_options(threads, training=True),
+            self.session = onnxruntime.InferenceSession(str(folder / files["train_step"]), options,
                                                         providers=["CPUExecutionProvider"])
             self.eval_session = onnxruntime.InferenceSession(str(folder / files["eval_step"]),
                                                              session_options(threads),
@@ -60,8 +64,7 @@ class PortableTrainer:
     # -- state -------------------------------------------------------------------------------------------
     def load(self, path: Path) -> None:
         tensors, meta = load_tensors(path)
-        size = self.size
-        self.params = self._flat(tensors, "", size, path)
+        self.params = self._flat(tensors, "", path)
         try:
             self.step_count = int(meta.get("step", 0))
         except ValueError:
@@ -69,12 +72,12 @@ class PortableTrainer:
         self.state = {}
         for name in self.state_names:
             if self.step_count == 0 and not any(k.startswith(f"{name}/") for k in tensors):
-                self.state[name] = np.zeros(size, np.float32)
+                self.state[name] = np.zeros(self.size, np.float32)
             else:
-                self.state[name] = self._flat(tensors, f"{name}/", size, path)
+                self.state[name] = self._flat(tensors, f"{name}/", path)
 
-    def _flat(self, tensors: dict, prefix: str, size: int, path: Path) -> np.ndarray:
-        flat = np.empty(size, np.float32)
+    def _flat(self, tensors: dict, prefix: str, path: Path) -> np.ndarray:
+        flat = np.empty(self.size, np.float32)
         for e in self.entries:
             t = tensors.get(prefix + e["name"])
             if t is None:
@@ -140,6 +143,12 @@ class PortableTrainer:
                 array[:] = value.numpy()
         self.step_count += 1
         return float(loss.numpy()), logits.numpy()
+
+    def profile_events(self) -> list[dict]:
+        """Ends profiling (trainer made with `profile`) and returns ORT's trace events (Chrome trace JSON)."""
+        import json
+
+        return json.loads(Path(self.session.end_profiling()).read_text())
 
     def eval_step(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
         i, o = self.eval_io["inputs"], self.eval_io["outputs"]

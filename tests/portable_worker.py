@@ -42,29 +42,13 @@ def run(job: dict, data) -> dict:
 
 
 def order(job: dict, data) -> dict:
-    import glob
     import tempfile
 
-    from device_runner import portable
-
-    folder, prefix = Path(job["folder"]), tempfile.mkdtemp()
-    plain = portable.session_options
-
-    def profiled(threads, training=False):
-        options = plain(threads, training)
-        options.enable_profiling, options.profile_file_prefix = training, f"{prefix}/order"
-        return options
-
-    portable.session_options = profiled
-    try:
-        trainer = PortableTrainer(folder, json.loads((folder / "manifest.json").read_text()))
-    finally:
-        portable.session_options = plain
+    folder = Path(job["folder"])
+    trainer = PortableTrainer(folder, json.loads((folder / "manifest.json").read_text()),
+                              profile=f"{tempfile.mkdtemp()}/order")
     trainer.step(data["features"], data["labels"], 1e-3)
-    trainer.session.end_profiling()
-    (path,) = glob.glob(f"{prefix}/order*.json")
-    events = json.loads(Path(path).read_text())
-    names = [e["name"][:-len("_kernel_time")] for e in events
+    names = [e["name"][:-len("_kernel_time")] for e in trainer.profile_events()
              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     return {"order": np.asarray(names)}
 
