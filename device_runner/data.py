@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import RunnerError
+from .order import SPLIT, SUBSET, permutation
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -23,6 +24,7 @@ class Dataset:
     images: list  # uint8 arrays (H, W, C), or image paths decoded on demand
     labels: np.ndarray
     source: str
+    classes: list[str] | None = None  # class names in label order (class-per-folder data)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -32,14 +34,15 @@ class Dataset:
         return _decode(item) if isinstance(item, Path) else item
 
     def subset(self, index: np.ndarray) -> "Dataset":
-        return Dataset([self.images[i] for i in index], self.labels[index], self.source)
+        return Dataset([self.images[i] for i in index], self.labels[index], self.source, self.classes)
 
 
 def _decode(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF orientation, as viewers (and browsers) do
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
             return _as_hwc(np.asarray(im), str(path))
@@ -107,16 +110,16 @@ def _load_npz(path: Path) -> Dataset:
 
 
 def _load_folder(path: Path) -> Dataset:
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise RunnerError(f"{path} has no class sub-folders (expected one folder of images per class)")
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((path / name).iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
+            if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
                 images.append(file)
                 labels.append(label)
-    return Dataset(images, np.asarray(labels, np.int64), str(path))
+    return Dataset(images, np.asarray(labels, np.int64), str(path), classes)
 
 
 def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, seed: int = 0) -> Dataset:
@@ -139,15 +142,21 @@ def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, se
         raise RunnerError(f"{spec}: label {int(data.labels[bad][0])} is outside [0, {num_classes}) of the exported "
                           "model")
     if max_samples and len(data) > max_samples:  # a seeded random subset keeps every class represented
-        data = data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:max_samples]))
+        data = data.subset(np.sort(permutation(len(data), seed, SUBSET)[:max_samples]))
     return data
+
+
+def class_names(data: Dataset, num_classes: int) -> list[str]:
+    """Names of the model's `num_classes` outputs in label order: the data's class folders, else "0", "1", ..."""
+    names = list(data.classes or [])
+    return names + [str(i) for i in range(len(names), num_classes)]
 
 
 def split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(train, validation): a seeded random `fraction` of the samples goes to validation."""
     if not 0.0 < fraction < 1.0:
         raise RunnerError(f"--val-split must be in (0, 1), got {fraction}")
-    order = np.random.default_rng(seed + 7919).permutation(len(data))
+    order = permutation(len(data), seed, SPLIT)
     n_val = max(1, int(round(len(data) * fraction)))
     if n_val >= len(data):
         raise RunnerError(f"dataset of {len(data)} samples is too small to split off {fraction:.0%} for validation")
@@ -155,17 +164,13 @@ def split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
 
 
 def preprocess(images: list[np.ndarray], resolution: int, mean, std) -> np.ndarray:
-    """uint8 H x W x C images -> float32 [N, 3, R, R], normalised."""
-    from PIL import Image
+    """uint8 H x W x C images (C 1 or 3) -> float32 [N, 3, R, R]: resized to R x R (resize.py: Pillow's
+    BILINEAR, bit-exact in every runner), grey broadcast to RGB, then (x / 255 - mean) / std in float32."""
+    from .resize import resize_bilinear
 
     out = np.empty((len(images), 3, resolution, resolution), np.float32)
     for i, im in enumerate(images):
-        if im.shape[:2] != (resolution, resolution):
-            mode = "L" if im.shape[2] == 1 else "RGB"
-            pil = Image.fromarray(im[:, :, 0] if mode == "L" else im, mode)
-            im = np.asarray(pil.resize((resolution, resolution), Image.BILINEAR))
-            if im.ndim == 2:
-                im = im[:, :, None]
+        im = resize_bilinear(im, resolution, resolution)
         out[i] = np.broadcast_to(im, (resolution, resolution, 3)).transpose(2, 0, 1)
     out /= 255.0
     out -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)

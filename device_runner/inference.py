@@ -45,14 +45,30 @@ def initializer_chunk(tensors: list[tuple[str, np.ndarray]]) -> bytes:
     return field(7, b"".join(field(5, tensor_proto(name, a)) for name, a in tensors))
 
 
-def write_inference(folder: Path, manifest: dict, parameters: dict[str, np.ndarray], out: Path) -> Path:
+def metadata_chunk(props: dict[str, str]) -> bytes:
+    """ModelProto field 14 (metadata_props), one StringStringEntryProto {key (1), value (2)} per item."""
+    return b"".join(field(14, field(1, k.encode()) + field(2, v.encode())) for k, v in props.items())
+
+
+def class_names_metadata(class_names: list[str]) -> dict[str, str]:
+    """The joined model's metadata: `class_names`, a compact JSON list of the class names in label order."""
+    import json
+
+    return {"class_names": json.dumps(list(class_names), ensure_ascii=False, separators=(",", ":"))}
+
+
+def write_inference(folder: Path, manifest: dict, parameters: dict[str, np.ndarray], out: Path,
+                    class_names: list[str] | None = None) -> Path:
     """Write the export's inference model with `parameters` (state_dict key -> float32 array) to `out`,
-    atomically (temporary file in the same folder, then rename)."""
+    atomically (temporary file in the same folder, then rename). `class_names` (label order) go into the
+    model's metadata_props under `class_names` (a JSON list)."""
     spec = manifest["portable"]
     offset = spec["inference"]["trainable_offset"]
     with open(folder / manifest["files"]["inference"], "rb") as f:
         head = f.read(offset)
     chunk = initializer_chunk([(e["name"], parameters[e["name"]]) for e in spec["parameters"]])
+    if class_names is not None:
+        chunk += metadata_chunk(class_names_metadata(class_names))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:

@@ -15,7 +15,11 @@ import numpy as np
 from . import RunnerError, checkpoint
 from .cache import FeatureCache
 from .data import Dataset, preprocess
+from .order import EPOCH, permutation
 from .ort import Inference
+
+# how epochs are shuffled (device_runner/order.py); a checkpoint made with another order cannot be resumed
+SHUFFLE = "pcg32 fisher-yates(seed + epoch, stream 0)"
 
 BACKENDS = ("portable", "ort-training")
 
@@ -86,12 +90,15 @@ class Run:
         self.lr = cfg.lr if cfg.lr is not None else manifest["optimizer"]["lr"]
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.state = {"step": 0, "epoch": 0, "seed": cfg.seed, "shuffle": "numpy default_rng(seed + epoch)",
+        self.state = {"step": 0, "epoch": 0, "seed": cfg.seed, "shuffle": SHUFFLE,
                       "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
         start = None  # the export's initial parameters
         trainer = trainer_class(cfg.backend)
         if resume:
             start, self.state, index = checkpoint.load(run_dir, trainer.CHECKPOINT)
+            if self.state.get("shuffle") != SHUFFLE:
+                raise RunnerError(f"run {run_dir} was made by an older runner that shuffled differently "
+                                  f"({self.state.get('shuffle')}); start a new run (--force)")
             self.cache.restore_index(index)
         self.trainer = trainer(folder, manifest, start, cfg.threads)
         self.metrics = open(run_dir / "metrics.jsonl", "a")
@@ -133,7 +140,7 @@ class Run:
             epoch = st["step"] // self.steps_per_epoch
             if epoch != st["epoch"]:
                 st.update(epoch=epoch, epoch_loss_sum=0.0, epoch_correct=0, epoch_seen=0)
-            order = np.random.default_rng(cfg.seed + epoch).permutation(len(self.train_data))
+            order = permutation(len(self.train_data), cfg.seed + epoch, EPOCH)
             first = st["step"] - epoch * self.steps_per_epoch
             bar = _progress(len(order), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
             if bar is not None:
@@ -182,7 +189,10 @@ class Run:
         """The joined image -> logits model with the trained parameters (inference.py)."""
         from .inference import write_inference
 
-        return write_inference(self.folder, self.manifest, self.trainer.parameters(), out)
+        from .data import class_names
+
+        return write_inference(self.folder, self.manifest, self.trainer.parameters(), out,
+                               class_names(self.train_data, self.manifest["num_classes"]))
 
     def close(self) -> None:
         self.metrics.close()

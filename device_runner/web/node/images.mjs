@@ -1,0 +1,73 @@
+/**
+ * Class-per-folder image datasets for Node, as the Python runner reads them (device_runner/data.py):
+ * one sub-folder per class, class names sorted (code-point order, as Python's sorted()), label = position;
+ * files sorted by name; hidden files and folders (names starting with '.') skipped. Decoding by sharp
+ * (libvips): EXIF orientation applied, alpha dropped, grey kept as one channel, 8 bits per channel.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { RunnerError } from '../src/errors.mjs';
+
+export const IMAGE_SUFFIXES = new Set(['.png', '.jpg', '.jpeg']);
+const byCodePoint = (a, b) => { const x = [...a], y = [...b]; for (let i = 0; i < Math.min(x.length, y.length); i++) { const d = x[i].codePointAt(0) - y[i].codePointAt(0); if (d) return d; } return x.length - y.length; };
+
+let sharpModule = null;
+async function sharp() {
+  if (!sharpModule) sharpModule = (await import('sharp')).default;
+  return sharpModule;
+}
+
+/** Decode one image file to {data: Uint8Array, width, height, channels (1 or 3)}. */
+export async function decodeFile(file) {
+  const s = await sharp();
+  try {
+    const img = s(file, { failOn: 'error' }).rotate(); // rotate(): apply EXIF orientation
+    const meta = await s(file).metadata();
+    const grey = meta.channels <= 2; // grey or grey + alpha: one channel, broadcast to RGB later (as Pillow's L)
+    const pipeline = grey ? img.removeAlpha().toColourspace('b-w') : img.removeAlpha().toColourspace('srgb');
+    const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    if (info.width < 8 || info.height < 8) throw new RunnerError(`${file}: image of ${info.height} x ${info.width} px is too small (at least 8 x 8)`);
+    return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height, channels: info.channels };
+  } catch (e) {
+    if (e instanceof RunnerError) throw e;
+    throw new RunnerError(`cannot decode image ${file}: ${String(e.message || e).split('\n')[0]}`);
+  }
+}
+
+/**
+ * @param {string} root class-per-folder directory
+ * @param {number} numClasses the export's K
+ * @returns {{length, labels: number[], classes: string[], files: string[], image: (i) => Promise<object>, source}}
+ * @throws {RunnerError} no such folder, no class folders, a class without images, more classes than K
+ */
+export function loadFolder(root, numClasses) {
+  let entries;
+  try {
+    entries = fs.readdirSync(root, { withFileTypes: true });
+  } catch (e) {
+    throw new RunnerError(e.code === 'ENOENT' ? `data not found: ${root}` : e.code === 'ENOTDIR' ? `--data ${root} is a file; this runner reads a class-per-folder image directory` : `cannot read ${root}: ${e.message}`);
+  }
+  const classes = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort(byCodePoint);
+  if (!classes.length) throw new RunnerError(`${root} has no class sub-folders (expected one folder of images per class)`);
+  if (classes.length > numClasses) throw new RunnerError(`${root} has ${classes.length} class folders (${classes.join(', ')}) but the export has ${numClasses} outputs`);
+  const files = [], labels = [];
+  classes.forEach((name, label) => {
+    const dir = path.join(root, name);
+    const names = fs.readdirSync(dir).filter((f) => !f.startsWith('.') && IMAGE_SUFFIXES.has(path.extname(f).toLowerCase())).sort(byCodePoint);
+    if (!names.length) throw new RunnerError(`class folder ${dir} has no images (.png, .jpg, .jpeg)`);
+    for (const f of names) { files.push(path.join(dir, f)); labels.push(label); }
+  });
+  return { length: files.length, labels, classes, files, source: root, image: (i) => decodeFile(files[i]) };
+}
+
+/** Decode every file once before training (a bad file is reported up front, not after an epoch). */
+export async function checkDecodable(data) {
+  const s = await sharp();
+  for (const file of data.files) {
+    try {
+      await s(file).metadata();
+    } catch (e) {
+      throw new RunnerError(`cannot decode image ${file}: ${String(e.message || e).split('\n')[0]}`);
+    }
+  }
+}
