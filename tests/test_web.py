@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -306,3 +308,88 @@ def test_node_cli_bad_inputs_one_line(case, artifacts, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# -- the page in headless Chromium ---------------------------------------------------------------------------------
+def _serve(export_dir: Path):
+    """serve.py on a free port; returns (process, base url)."""
+    proc = subprocess.Popen([sys.executable, str(WEB / "serve.py"), "--export", str(export_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("serving "), proc.stderr.read()
+    return proc, line.split()[1]
+
+
+def _drive_page(request: dict, tmp_path: Path) -> dict:
+    if not Path(request.get("chromium", "/usr/bin/chromium")).exists():
+        pytest.fail("chromium is missing: run `bash scripts/setup.sh`")
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    done = subprocess.run(["node", str(ROOT / "tests" / "web_page.mjs"), str(tmp_path / "request.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _page_classes(data: Path) -> list:
+    return [[name, sorted(str(f) for f in (data / name).iterdir())] for name in CLASSES]
+
+
+def test_page_trains_like_the_node_runner(artifacts, tmp_path):
+    """The page, used as a person would (class names typed, photos picked, Train clicked), trains with falling
+    loss and the same per-epoch losses as the Node CLI on the same images, order and settings."""
+    data = image_folder(tmp_path / "data", per_class=10, seed=5)
+    for f in data.rglob("*.png"):  # browsers composite transparency; keep the comparison to opaque images
+        from PIL import Image
+
+        with Image.open(f) as im:
+            if im.mode == "RGBA":
+                im.convert("RGB").save(f)
+    settings = {"epochs": 3, "batch-size": 8, "lr": "1e-4", "val-split": 0.2}
+    proc, url = _serve(artifacts)
+    try:
+        shot = Path(os.environ.get("MOBILETL_SCREENSHOT", tmp_path / "page.png"))
+        page = _drive_page({"url": url + "?sw=0", "classes": _page_classes(data), "settings": settings,
+                            "try": str(next((data / "fox").glob("*.jpg"))), "screenshot": str(shot)}, tmp_path)
+    finally:
+        proc.terminate()
+    assert page["state"] == "done", page
+    assert page["loaded"]["isolated"] is True  # serve.py's headers: WASM threads available
+    assert page["errorBox"] is None and not [m for m in page["console"] if "favicon" not in m], page["console"]
+    assert len(page["steps"]) == 3 * 4 and page["epochs"][-1]["train_loss"] < page["epochs"][0]["train_loss"]
+    assert page["prediction"] in CLASSES and shot.stat().st_size > 10_000
+    cli = _run_js(["--artifacts", str(artifacts), "--data", str(data), "--out", str(tmp_path / "run"), "--backend",
+                   "wasm", "--epochs", "3", "--batch-size", "8", "--lr", "1e-4", "--val-split", "0.2"])
+    assert cli.returncode == 0, cli.stderr
+    for p, j in zip(page["epochs"], _epochs(tmp_path / "run"), strict=True):
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+            assert p[key] == pytest.approx(j[key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize("case", ["corrupt-export", "undecodable", "empty-class", "too-many-classes"])
+def test_page_bad_inputs_one_message(case, artifacts, tmp_path):
+    data = image_folder(tmp_path / "data", per_class=3)
+    export_dir, classes = artifacts, _page_classes(data)
+    if case == "corrupt-export":
+        export_dir = _copy_export(artifacts, tmp_path / "art")
+        blob = bytearray((export_dir / "eval_step.onnx").read_bytes())
+        blob[100] ^= 0xFF
+        (export_dir / "eval_step.onnx").write_bytes(bytes(blob))
+        expect = "does not match the manifest's sha256"
+    elif case == "undecodable":
+        (data / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        classes = _page_classes(data)
+        expect = "cannot be read: broken.jpg"
+    elif case == "empty-class":
+        classes[2][1] = []
+        expect = "no photos in class 'fox'"
+    else:
+        classes += [[f"extra{i}", classes[0][1]] for i in range(2)]
+        expect = "this export has 5 outputs, but there are 6 classes"
+    proc, url = _serve(export_dir)
+    try:
+        page = _drive_page({"url": url + "?sw=0", "classes": classes, "settings": {"epochs": 1}}, tmp_path)
+    finally:
+        proc.terminate()
+    assert page["state"] == "error"
+    assert page["errorBox"] is not None and expect in page["errorBox"], page["errorBox"]
+    assert "\n" not in page["errorBox"] and not re.search(r"\bat \S+:\d+", page["errorBox"])  # no trace
