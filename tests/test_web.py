@@ -393,3 +393,18 @@ def test_page_bad_inputs_one_message(case, artifacts, tmp_path):
     assert page["state"] == "error"
     assert page["errorBox"] is not None and expect in page["errorBox"], page["errorBox"]
     assert "\n" not in page["errorBox"] and not re.search(r"\bat \S+:\d+", page["errorBox"])  # no trace
+
+
+def test_page_works_offline_once_loaded(artifacts, tmp_path):
+    """Service worker: after one visit the page, onnxruntime-web and the export load with the network off, and
+    training works."""
+    data = image_folder(tmp_path / "data", per_class=3)
+    proc, url = _serve(artifacts)
+    try:
+        page = _drive_page({"url": url, "offline": True, "server_pid": proc.pid, "classes": _page_classes(data),
+                            "settings": {"epochs": 1}}, tmp_path)
+    finally:
+        proc.terminate()
+    assert page["offline"] is True
+    assert page["loaded"]["state"] == "ready", page
+    assert page["state"] == "done", page

@@ -20,6 +20,16 @@ try {
   page.on('pageerror', (e) => result.console.push(String(e)));
   await page.goto(req.url);
   await page.waitForFunction(() => window.mobiletl && window.mobiletl.state !== 'loading', null, { timeout: 60_000 });
+  if (req.offline) { // once loaded with the service worker, the page and the export must come up without a network
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.reload(); // now controlled by the worker: everything it fetches is stored
+    await page.waitForFunction(() => window.mobiletl && window.mobiletl.state !== 'loading', null, { timeout: 60_000 });
+    if (req.server_pid) process.kill(req.server_pid); // the server is gone for good, not only emulated offline
+    await page.context().setOffline(true);
+    await page.reload();
+    await page.waitForFunction(() => window.mobiletl && window.mobiletl.state !== 'loading', null, { timeout: 60_000 });
+    result.offline = await page.evaluate(() => !navigator.onLine);
+  }
   result.loaded = await page.evaluate(() => ({ state: window.mobiletl.state, error: window.mobiletl.error, isolated: window.mobiletl.isolated, threads: window.mobiletl.threads }));
   if (result.loaded.state === 'ready') {
     const classes = req.classes || [];

@@ -31,5 +31,10 @@ def build_optimizer(name: str, trainable: list[onnx.TensorProto], weight_decay: 
                     attr.i = 0
                 elif attr.name == "epsilon":
                     attr.f = ADAMW_EPS
+    if name == "sgd":
+        # onnxblock declares SGDOptimizerV2's `update_completed` output as [1]; the op's schema infers a scalar.
+        # Native ORT only warns ("lenient merge"); onnxruntime-web 1.18's TrainingSession aborts on the mismatch.
+        for output in model.graph.output:
+            output.type.tensor_type.shape.ClearField("dim")
     model.ir_version = IR_VERSION
     return model
