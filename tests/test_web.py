@@ -408,3 +408,33 @@ def test_page_works_offline_once_loaded(artifacts, tmp_path):
     assert page["offline"] is True
     assert page["loaded"]["state"] == "ready", page
     assert page["state"] == "done", page
+
+
+def test_page_over_plain_http_to_another_host(artifacts, tmp_path):
+    """A phone opening the page at http://<laptop's address>:8000/ is not in a secure context: no WebCrypto, no
+    cross-origin isolation. The page still verifies the export (@noble/hashes) and trains on one thread."""
+    data = image_folder(tmp_path / "data", per_class=3)
+    proc, url = _serve(artifacts)
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    try:
+        page = _drive_page({"url": f"http://phone-lan.test:{port}/?sw=0", "classes": _page_classes(data),
+                            "settings": {"epochs": 1},
+                            "chromium_args": ["--host-resolver-rules=MAP phone-lan.test 127.0.0.1"]}, tmp_path)
+    finally:
+        proc.terminate()
+    assert page["loaded"]["secure"] is False and page["loaded"]["isolated"] is False
+    assert page["loaded"]["state"] == "ready", page
+    assert page["state"] == "done", page
+    # and a corrupt file is still caught there
+    export_dir = _copy_export(artifacts, tmp_path / "art")
+    blob = bytearray((export_dir / "backbone.onnx").read_bytes())
+    blob[-5] ^= 0x01
+    (export_dir / "backbone.onnx").write_bytes(bytes(blob))
+    proc, url = _serve(export_dir)
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    try:
+        page = _drive_page({"url": f"http://phone-lan.test:{port}/?sw=0",
+                            "chromium_args": ["--host-resolver-rules=MAP phone-lan.test 127.0.0.1"]}, tmp_path)
+    finally:
+        proc.terminate()
+    assert "does not match the manifest's sha256" in (page["errorBox"] or ""), page

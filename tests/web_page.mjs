@@ -11,7 +11,8 @@ const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--no-first-run', '--disable-extensions', '--disable-component-update', '--disable-sync', '--metrics-recording-only'],
+    '--no-first-run', '--disable-extensions', '--disable-component-update', '--disable-sync', '--metrics-recording-only',
+    ...(req.chromium_args || [])],
 });
 const result = { console: [] };
 try {
@@ -30,7 +31,7 @@ try {
     await page.waitForFunction(() => window.mobiletl && window.mobiletl.state !== 'loading', null, { timeout: 60_000 });
     result.offline = await page.evaluate(() => !navigator.onLine);
   }
-  result.loaded = await page.evaluate(() => ({ state: window.mobiletl.state, error: window.mobiletl.error, isolated: window.mobiletl.isolated, threads: window.mobiletl.threads }));
+  result.loaded = await page.evaluate(() => ({ state: window.mobiletl.state, error: window.mobiletl.error, isolated: window.mobiletl.isolated, threads: window.mobiletl.threads, secure: window.isSecureContext }));
   if (result.loaded.state === 'ready') {
     const classes = req.classes || [];
     while ((await page.locator('#classes .class').count()) < classes.length) await page.click('#add-class');

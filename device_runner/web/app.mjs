@@ -40,10 +40,16 @@ window.addEventListener('error', (ev) => showError(ev.error ?? ev.message));
 window.addEventListener('unhandledrejection', (ev) => showError(ev.reason));
 
 // -- the export ---------------------------------------------------------------------------------------------------
+/** WebCrypto exists only in secure contexts (https, localhost); a phone on plain http uses @noble/hashes. */
+const sha256 = globalThis.crypto?.subtle ? undefined : async (bytes) => {
+  const { sha256: hash } = await import('./node_modules/@noble/hashes/esm/sha2.js');
+  return Array.from(hash(bytes), (b) => b.toString(16).padStart(2, '0')).join('');
+};
+
 async function useExport(read, where) {
   clearError();
   $('#model-status').textContent = `Checking ${where}…`;
-  const exported = await loadExport(read, where);
+  const exported = await loadExport(read, where, { sha256 });
   const m = exported.manifest;
   page.exported = exported;
   $('#model-status').innerHTML = '';

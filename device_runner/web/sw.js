@@ -5,7 +5,9 @@ const SHELL = ['./', 'index.html', 'app.mjs', 'style.css', 'app.webmanifest', 's
   'src/manifest.mjs', 'src/order.mjs', 'src/preprocess.mjs', 'src/run.mjs', 'src/trainer.mjs', 'src/safetensors.mjs',
   'src/onnx.mjs', 'src/data.mjs', 'node_modules/chart.js/dist/chart.umd.min.js',
   'node_modules/onnxruntime-web/dist/ort.wasm.min.mjs', 'node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.mjs',
-  'node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm'];
+  'node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm', 'node_modules/@noble/hashes/esm/sha2.js',
+  'node_modules/@noble/hashes/esm/_md.js', 'node_modules/@noble/hashes/esm/_u64.js', 'node_modules/@noble/hashes/esm/utils.js',
+  'node_modules/@noble/hashes/esm/crypto.js'];
 
 self.addEventListener('install', (e) => { e.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).catch(() => {})); self.skipWaiting(); });
 self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));

@@ -16,11 +16,13 @@ const REQUIRED = {
   trainable: 'object', portable: 'object',
 };
 
-async function sha256Hex(bytes) {
-  const subtle = globalThis.crypto?.subtle ?? (await import('node:crypto')).webcrypto.subtle;
-  if (!subtle) throw new RunnerError('this page needs a secure context (https or localhost) to verify the export');
-  const digest = new Uint8Array(await subtle.digest('SHA-256', bytes));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+const hex = (digest) => Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+
+/** SHA-256 by WebCrypto: browsers (secure contexts: https, localhost) and Node. */
+async function webCryptoSha256(bytes) {
+  const subtle = globalThis.crypto?.subtle ?? (typeof process !== 'undefined' ? (await import('node:crypto')).webcrypto.subtle : null);
+  if (!subtle) throw new RunnerError('cannot verify the export: no WebCrypto here (a page over plain http to another machine); pass a sha256 function');
+  return hex(new Uint8Array(await subtle.digest('SHA-256', bytes)));
 }
 
 /** Field checks with one message naming the first problem (not a TypeError later). */
@@ -54,10 +56,12 @@ export function checkManifest(manifest, where = 'manifest.json') {
 /**
  * @param {(name: string) => Promise<Uint8Array|null>} read bytes of a file of the export folder, null if absent
  * @param {string} where the folder's name for messages
+ * @param {{sha256?: (bytes: Uint8Array) => Promise<string>}} options hex SHA-256; default WebCrypto (the page
+ *   passes @noble/hashes where WebCrypto is missing: plain http to a phone is not a secure context)
  * @returns {Promise<{manifest: object, files: Object<string, Uint8Array>}>} files by role (PORTABLE_FILES)
  * @throws {RunnerError} missing manifest or file, malformed manifest, sha256 mismatch
  */
-export async function loadExport(read, where = 'export folder') {
+export async function loadExport(read, where = 'export folder', { sha256 = webCryptoSha256 } = {}) {
   const raw = await read('manifest.json');
   if (!raw) throw new RunnerError(`${where} has no manifest.json: not a mobiletl-export artifact folder`);
   let manifest;
@@ -73,7 +77,7 @@ export async function loadExport(read, where = 'export folder') {
     const bytes = await read(name);
     if (!bytes) throw new RunnerError(`artifact file missing: ${where}/${name}`);
     const want = manifest.sha256[name];
-    if (!want || (await sha256Hex(bytes)) !== want) {
+    if (!want || (await sha256(bytes)) !== want) {
       throw new RunnerError(`artifact file corrupt: ${where}/${name} does not match the manifest's sha256`);
     }
     files[role] = bytes;
