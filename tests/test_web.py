@@ -324,7 +324,7 @@ def _drive_page(request: dict, tmp_path: Path) -> dict:
     if not Path(request.get("chromium", "/usr/bin/chromium")).exists():
         pytest.fail("chromium is missing: run `bash scripts/setup.sh`")
     (tmp_path / "request.json").write_text(json.dumps(request))
-    done = subprocess.run(["node", str(ROOT / "tests" / "web_page.mjs"), str(tmp_path / "request.json")],
+    done = subprocess.run(["node", str(WEB / "test" / "drive-page.mjs"), str(tmp_path / "request.json")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

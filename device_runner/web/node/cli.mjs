@@ -9,6 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { RunnerError } from '../src/errors.mjs';
 import { loadExport } from '../src/manifest.mjs';
 import { Run, SHUFFLE } from '../src/run.mjs';
@@ -155,6 +156,7 @@ export async function main(argv) {
   const maxSteps = number(args, 'max-steps', { integer: true, min: 1, optional: true });
   if (!['cosine', 'linear', 'constant'].includes(args.schedule)) throw new RunnerError(`--schedule must be cosine, linear or constant, got '${args.schedule}'`);
 
+  if (!fs.existsSync(args.artifacts) || !fs.statSync(args.artifacts).isDirectory()) throw new RunnerError(`artifact folder not found: ${args.artifacts}`);
   const exported = await loadExport(folderReader(args.artifacts), args.artifacts);
   const ort = await loadOrt(args.backend);
   if (args.backend === 'wasm' && threads) ort.env.wasm.numThreads = threads;
@@ -223,7 +225,7 @@ export async function main(argv) {
   return 0;
 }
 
-const isMain = process.argv[1] && fs.realpathSync(process.argv[1]) === fs.realpathSync(new URL(import.meta.url).pathname);
+const isMain = process.argv[1] && fs.realpathSync(process.argv[1]) === fs.realpathSync(fileURLToPath(import.meta.url));
 if (isMain) {
   main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (e) => {
     if (e instanceof RunnerError) {

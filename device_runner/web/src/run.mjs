@@ -9,7 +9,7 @@
  */
 import { RunnerError } from './errors.mjs';
 import { EPOCH, permutation } from './order.mjs';
-import { toInput } from './preprocess.mjs';
+import { resizeBilinear, toInput } from './preprocess.mjs';
 import { PortableTrainer, createSession, sessionOptions } from './trainer.mjs';
 
 export const SHUFFLE = 'pcg32 fisher-yates(seed + epoch, stream 0)'; // as device_runner/train.py
@@ -108,9 +108,12 @@ export class Run {
     const m = this.manifest;
     const inName = Object.keys(m.inputs.backbone)[0], outName = Object.keys(m.outputs.backbone)[0];
     return cache.get(index, async (idx) => {
-      const images = [];
-      for (const i of idx) images.push(await data.image(i)); // one decode at a time
-      const x = toInput(images, m.resolution, m.normalization.mean, m.normalization.std);
+      const R = m.resolution, images = [];
+      for (const i of idx) { // one full-size decode at a time: only R x R pixels are kept per image
+        const im = await data.image(i);
+        images.push({ data: resizeBilinear(im.data, im.width, im.height, im.channels, R, R), width: R, height: R, channels: im.channels });
+      }
+      const x = toInput(images, R, m.normalization.mean, m.normalization.std);
       const r = await this.backbone.run({ [inName]: new this.o.ort.Tensor('float32', x, [idx.length, 3, m.resolution, m.resolution]) });
       return r[outName].data;
     });

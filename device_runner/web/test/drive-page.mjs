@@ -1,11 +1,11 @@
 // Drives the training page (device_runner/web/index.html) in headless Chromium with playwright-core, for
-// tests/test_web.py and benchmarks. Usage: node tests/web_page.mjs REQUEST.json -> JSON on stdout.
+// tests/test_web.py and benchmarks/page_demo.py. Usage: node device_runner/web/test/drive-page.mjs REQUEST.json -> JSON on stdout.
 // REQUEST: {url, classes: [[name, [file, ...]], ...], settings: {epochs, "batch-size", lr, "val-split"},
 //           try?: file, screenshot?: path, timeout_s?: number, expect: "done" | "error"}
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 
-const require = createRequire(new URL('../device_runner/web/package.json', import.meta.url));
+const require = createRequire(new URL('../package.json', import.meta.url));
 const { chromium } = require('playwright-core');
 const req = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const browser = await chromium.launch({
