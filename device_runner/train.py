@@ -105,8 +105,10 @@ class Run:
 
     # -- pieces ------------------------------------------------------------------------------------------
     def features(self, data: Dataset, cache: FeatureCache, index: np.ndarray) -> np.ndarray:
-        def compute(idx):
-            x = preprocess([data.image(i) for i in idx], self.resolution, self.norm["mean"], self.norm["std"])
+        def compute(idx):  # one full-size decoded image at a time (photos can be 12 MP)
+            x = np.empty((len(idx), 3, self.resolution, self.resolution), np.float32)
+            for k, i in enumerate(idx):
+                x[k] = preprocess([data.image(i)], self.resolution, self.norm["mean"], self.norm["std"])[0]
             return self.backbone(x)
 
         return cache.get(index, compute)

@@ -164,3 +164,49 @@ def test_structure_covers_every_parameter_once(name):
     prefixes += [layer.name for layer in s.head.linears]
     owners = {k: [p for p in prefixes if k.rsplit(".", 1)[0] == p] for k in model.state_dict()}
     assert all(len(v) == 1 for v in owners.values()), {k: v for k, v in owners.items() if len(v) != 1}
+
+
+def _equal_states(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("wrap", ["module.", "_orig_mod.", "module.module.", "container", "container+module."])
+def test_weights_from_wrapped_models_load(wrap, tmp_path):
+    """DataParallel/DDP (`module.`), torch.compile (`_orig_mod.`) and checkpoint dicts load as the plain state_dict."""
+    src = create_model("mbv3-small", num_classes=5, seed=3).state_dict()
+    state = {("module." if "module" in wrap else "") * (2 if wrap == "module.module." else 1 if "module" in wrap else 0)
+             + ("_orig_mod." if wrap == "_orig_mod." else "") + k: v for k, v in src.items()}
+    if wrap.startswith("container"):
+        state = {"epoch": 7, "state_dict": state, "optimizer": {"lr": 0.1}}
+    torch.save(state, tmp_path / "w.pth")
+    assert _equal_states(create_model("mbv3-small", num_classes=5, weights=str(tmp_path / "w.pth")).state_dict(), src)
+
+
+def test_weights_without_num_batches_tracked_and_as_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    src = create_model("mbv2", num_classes=4, seed=5).state_dict()
+    torch.save({k: v for k, v in src.items() if not k.endswith("num_batches_tracked")}, tmp_path / "w.pth")
+    loaded = create_model("mbv2", num_classes=4, weights=str(tmp_path / "w.pth")).state_dict()
+    assert all(torch.equal(loaded[k], src[k]) for k in src if not k.endswith("num_batches_tracked"))
+    save_file({k: v.contiguous() for k, v in src.items()}, str(tmp_path / "w.safetensors"))
+    assert _equal_states(create_model("mbv2", num_classes=4, weights=str(tmp_path / "w.safetensors")).state_dict(), src)
+
+
+def test_whole_pickled_model_is_refused_in_one_plain_line(tmp_path):
+    torch.save(create_model("mbv2", num_classes=4), tmp_path / "model.pth")
+    with pytest.raises(WeightsError) as err:
+        create_model("mbv2", num_classes=4, weights=str(tmp_path / "model.pth"))
+    text = str(err.value)
+    assert "\n" not in text and "\x1b" not in text
+    assert "torch.save(model)" in text and "model.state_dict()" in text and "MobileNetV2" in text
+
+
+def test_another_architecture_names_missing_and_unexpected_counts(tmp_path):
+    state = create_model("mbv2", num_classes=4).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["features.1.conv.0.0.weight"]
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(WeightsError, match=r"1 missing key \('features\.1\.conv\.0\.0\.weight'\) and 1 unexpected key "
+                                           r"\('extra\.weight'\)"):
+        create_model("mbv2", num_classes=4, weights=str(tmp_path / "w.pth"))

@@ -84,32 +84,102 @@ def create_model(name: str, num_classes: int = 1000, *, weights: str | None = No
     return model
 
 
-def load_weights(model: nn.Module, path: str) -> list[str]:
-    """Load a state_dict file into `model`; returns the keys kept at their init (a resized classifier)."""
+# Prefixes that training wrappers put before every key: DataParallel / DistributedDataParallel (`module.`),
+# torch.compile (`_orig_mod.`), and the attribute names training scripts commonly hold the network under.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "net.", "network.", "backbone.")
+# Containers that training scripts save around the state_dict (torch.save({"state_dict": ..., "epoch": ...})).
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "ema_state_dict")
+# Keys PyTorch's strict loading does not require from a file: BatchNorm's batch counter (only used with
+# momentum=None; absent in many exported and converted checkpoints).
+OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+
+
+def _read_state(path: str) -> dict:
+    """The tensors of a weights file: safetensors, or a torch.save'd state_dict (weights_only: no code runs)."""
+    import pickle
+    import re
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if path.endswith(".safetensors") or (len(head) >= 9 and head[8:9] == b"{"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read safetensors weights file {path}: {str(exc).splitlines()[0]}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {path}") from None
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours parts of this message
+        classes = re.findall(r"GLOBAL ([\w.]+)", text)
+        if classes:
+            what = f" (it references {classes[0]})"
+            raise WeightsError(
+                f"weights file {path} holds pickled Python objects, not only tensors{what}: probably a whole model "
+                "saved with torch.save(model); loading it would run code from the file. In the code that made it, "
+                "save torch.save(model.state_dict(), 'weights.pth') (or a .safetensors file) and pass that") from None
+        raise WeightsError(f"cannot read weights file {path}: {text.splitlines()[0]}") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"weights file {path} does not hold a state_dict")
+
+
+def _unwrap(state, own: dict, path: str) -> dict:
+    """The state_dict inside a checkpoint container, with wrapper prefixes removed when that makes keys match."""
+    for _ in range(3):  # {"model": {"state_dict": ...}} nests at most a few levels
+        if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            inner = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict)), None)
+            if inner is None:
+                break
+            state = inner
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kind = type(state).__name__
+        raise WeightsError(f"weights file {path} does not hold a state_dict (found a {kind}; expected tensors by "
+                           f"key, or a checkpoint dict with one of {', '.join(CHECKPOINT_KEYS)})")
+    while state and not (state.keys() & own.keys()):
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: str) -> list[str]:
+    """Load a weights file into `model`; returns the keys kept at their init (a resized classifier).
+
+    Accepts a state_dict saved by torch.save (read with weights_only=True: a file holding a whole pickled model
+    is refused, with how to make a state_dict from it) or a safetensors file; checkpoint containers
+    (`state_dict`, `model`, ... keys) and wrapper prefixes (`module.` from DataParallel/DDP, `_orig_mod.` from
+    torch.compile, ...) are unwrapped. BatchNorm `num_batches_tracked` may be absent. Raises WeightsError
+    naming what differs (missing/unexpected keys with counts, or the first shape mismatch)."""
     own = model.state_dict()
+    state = _unwrap(_read_state(path), own, path)
     classifier = model.structure().head.classifier.name
     resized = [f"{classifier}.weight", f"{classifier}.bias"]
+    missing = [k for k in own if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} ({', '.join(map(repr, missing[:3]))}"
+                         f"{', ...' if len(missing) > 3 else ''})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} "
+                         f"({', '.join(map(repr, unexpected[:3]))}{', ...' if len(unexpected) > 3 else ''})")
+        raise WeightsError(f"weights file {path} is for another architecture: {' and '.join(parts)}")
     kept = []
-    for key in list(own) + [k for k in state if k not in own]:
-        if key not in state:
-            raise WeightsError(f"weights file {path} is for another architecture: missing key {key!r}")
-        if key not in own:
-            raise WeightsError(f"weights file {path} is for another architecture: unexpected key {key!r}")
-        if tuple(state[key].shape) != tuple(own[key].shape):
-            if key in resized and tuple(state[key].shape[1:]) == tuple(own[key].shape[1:]):
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            if key in resized and tuple(value.shape[1:]) == tuple(own[key].shape[1:]):
                 kept.append(key)
                 continue
             raise WeightsError(f"weights file {path} is for another architecture: {key!r} has shape "
-                               f"{tuple(state[key].shape)}, this model expects {tuple(own[key].shape)}")
-    model.load_state_dict({k: v for k, v in state.items() if k not in kept}, strict=not kept)
+                               f"{tuple(value.shape)}, this model expects {tuple(own[key].shape)}")
+    merged = {k: v for k, v in own.items()}
+    merged.update({k: v for k, v in state.items() if k not in kept})
+    model.load_state_dict(merged, strict=True)
     return kept
