@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("portable", "ort-training"), default="portable",
                    help="portable (default): the export's standard-ONNX train step on any onnxruntime >= 1.17; "
                         "ort-training: the ORT-training artifacts through onnxruntime-training's API")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out image files that cannot be decoded (reported) instead of stopping")
+    p.add_argument("--allow-unused-outputs", action="store_true",
+                   help="train with fewer class folders than the export has outputs (the rest stay untrained)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -55,7 +60,7 @@ def _check_args(a) -> None:
 
 # options that decide what a run computes: --resume must see the same ones (run.json records them)
 RESUME_FIXED = ("backend", "artifacts", "data", "val", "val_split", "max_samples", "epochs", "batch_size", "lr",
-                "schedule", "seed", "no_cache")
+                "schedule", "seed", "no_cache", "skip_bad_images")
 
 
 def _check_resume(out: Path, args) -> None:
@@ -65,6 +70,7 @@ def _check_resume(out: Path, args) -> None:
         raise RunnerError(f"{out} is not a run folder of mobiletl-train (no readable run.json); nothing to "
                           "resume") from None
     earlier.setdefault("backend", "ort-training")  # runs written before the portable backend
+    args._earlier = earlier
     def same(name, a, b):
         if name in ("artifacts", "data", "val") and a and b:
             return Path(a).resolve() == Path(b).resolve()
@@ -78,6 +84,30 @@ def _check_resume(out: Path, args) -> None:
                                   "backend")
             raise RunnerError(f"run {out} was started with {flag} {earlier[name]!r}, not {getattr(args, name)!r}; "
                               "resume with the same options, or start a new run")
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Atomically: a temporary file in the same folder, then rename (a crash leaves the old file or the new)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def _check_same_run(out: Path, earlier: dict, identity: dict) -> None:
+    """--resume continues only the run that was started: same classes, data, validation data and artifacts."""
+    if "class_names" in earlier and earlier["class_names"] != identity["class_names"]:
+        gone = [c for c in earlier["class_names"] if c not in identity["class_names"]]
+        new = [c for c in identity["class_names"] if c not in earlier["class_names"]]
+        detail = "; ".join(p for p in (f"missing now: {', '.join(gone)}" if gone else "",
+                                       f"new: {', '.join(new)}" if new else "") if p) or "another order"
+        raise RunnerError(f"run {out} was trained on other classes ({detail}); start a new run")
+    for key, what in (("data_fingerprint", "--data"), ("val_fingerprint", "--val")):
+        if key in earlier and earlier[key] != identity[key]:
+            raise RunnerError(f"the files of {what} changed since run {out} started (added, removed or modified); "
+                              "restore them or start a new run")
+    if "manifest_sha256" in earlier and earlier["manifest_sha256"] != identity["manifest_sha256"]:
+        raise RunnerError(f"the artifacts are not the ones run {out} started with (re-exported?); resume with the "
+                          "original export or start a new run")
 
 
 def _prepare_run_dir(out: Path, args) -> None:
@@ -131,23 +161,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from .data import load_dataset, split
+    from .data import assign_classes, class_names, fingerprint, load_dataset, skipped_summary, split
     from .manifest import load_manifest
     from .train import Run, RunConfig
+
+    import numpy as np
 
     _check_args(args)
     folder = Path(args.artifacts)
     manifest = load_manifest(folder, args.backend)
     classes = manifest["num_classes"]
-    data = load_dataset(args.data, classes, args.max_samples, args.seed)
+    load = dict(max_samples=args.max_samples, seed=args.seed, skip_bad=args.skip_bad_images,
+                resolution=manifest["resolution"])
+    data = load_dataset(args.data, classes, **load)
     if args.val:
-        train, val = data, load_dataset(args.val, classes, args.max_samples, args.seed)
+        train, val = data, load_dataset(args.val, classes, **load)
     else:
         train, val = split(data, args.val_split, args.seed)
+    assign_classes(train, val, classes, args.allow_unused_outputs, args.data)
+    names = class_names(train, classes)
+    identity = {"class_names": names, "data_fingerprint": fingerprint(args.data),
+                "val_fingerprint": fingerprint(args.val) if args.val else None, "manifest_sha256": manifest["sha256"]}
     out = Path(args.out)
     _prepare_run_dir(out, args)
-    if not args.resume:
-        (out / "run.json").write_text(json.dumps({**vars(args), "manifest_sha256": manifest["sha256"]}, indent=1))
+    if args.resume:
+        _check_same_run(out, getattr(args, "_earlier", {}), identity)
+    else:
+        record = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        _write_json(out / "run.json", {**record, **identity})
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                     checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb, cache=not args.no_cache,
                     threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,
@@ -159,12 +200,22 @@ def _run(args) -> int:
         print(f"training {manifest['model']} top-{manifest['top_k']} ({manifest['method']}) on {len(train)} samples, "
               f"validating on {len(val)}; feature cache: {run.cache.kind}; backend {args.backend} "
               f"(onnxruntime {onnxruntime.__version__})", file=sys.stderr)
+        if run.note:
+            print(f"mobiletl-train: {run.note}", file=sys.stderr)
+        if train.classes is not None:
+            counts = np.bincount(train.labels, minlength=len(train.classes))
+            print("classes: " + ", ".join(f"{c} ({n})" for c, n in zip(train.classes, counts)), file=sys.stderr)
+        for name, info in skipped_summary(data, val if args.val else None).items():
+            print(f"skipped in {name}: {info['not images']} non-image file(s), {info['unreadable']} unreadable "
+                  "image(s)", file=sys.stderr)
         last = run.run()
         model = run.export(Path(args.export) if args.export else out / "model.onnx")
     finally:
         run.close()
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
-    print(json.dumps({"run": str(out), "model": str(model), **summary}))
+    skipped = skipped_summary(data, val if args.val else None)
+    print(json.dumps({"run": str(out), "model": str(model), "classes": names, **summary,
+                      **({"skipped": skipped} if skipped else {})}))
     return 0
 
 

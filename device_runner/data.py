@@ -16,7 +16,21 @@ import numpy as np
 from . import RunnerError
 from .order import SPLIT, SUBSET, permutation
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# Largest image decoded (pixels): Pillow's own guard (DecompressionBombError above 2 x 89 MP) would refuse a
+# 16000 x 12000 camera panorama; above this limit the file is reported, not decoded.
+MAX_PIXELS = 400_000_000
+# JPEGs above this many pixels are decoded at a reduced DCT scale (Pillow's draft: 1/2, 1/4 or 1/8, keeping at
+# least DRAFT_SIDE_FACTOR x the model's resolution on the short side), so a huge photo costs a few MB, not GBs.
+# Below it the full image is decoded (12 MP: 36 MB, one image at a time), as the JavaScript runner does.
+DRAFT_PIXELS = 16_000_000
+DRAFT_SIDE_FACTOR = 4
+
+
+def image_suffixes() -> set[str]:
+    """File extensions Pillow can open (png, jpg/jpeg, webp, bmp, tif/tiff, gif, ...): what a folder dataset reads."""
+    from PIL import Image
+
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 @dataclass
@@ -25,29 +39,108 @@ class Dataset:
     labels: np.ndarray
     source: str
     classes: list[str] | None = None  # class names in label order (class-per-folder data)
+    skipped: dict | None = None  # class -> {"not images": n, "unreadable": [file, ...]} (folder data)
+    resolution: int | None = None  # decode hint: huge JPEGs are drafted to >= DRAFT_SIDE_FACTOR x this
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int) -> np.ndarray:
         item = self.images[i]
-        return _decode(item) if isinstance(item, Path) else item
+        return decode(item, self.resolution) if isinstance(item, Path) else item
 
     def subset(self, index: np.ndarray) -> "Dataset":
-        return Dataset([self.images[i] for i in index], self.labels[index], self.source, self.classes)
+        return Dataset([self.images[i] for i in index], self.labels[index], self.source, self.classes, self.skipped,
+                       self.resolution)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _to_uint8(im, path) -> np.ndarray:
+    """H x W x C uint8 (C 1 or 3) of a decoded Pillow image, each mode by its meaning:
+    1 (bilevel) -> 0/255 grey; L -> grey; LA, La -> grey, alpha dropped; P, PA -> their palette colours (RGB),
+    alpha dropped; RGB; RGBA, RGBa, RGBX -> RGB, alpha dropped (as Pillow's convert("RGB"): the colour of
+    transparent pixels is kept); CMYK, YCbCr, LAB, HSV -> RGB by Pillow's conversion; I;16, I;16B, I;16L, I;16N
+    (16-bit grey: PNG, TIFF) -> round(v / 257), i.e. scaled by the bit depth; I (32-bit integer grey, which is
+    how 16-bit PNGs decode in some Pillow versions) -> 16-bit scale when the values fit 0..65535, else an error;
+    F (float grey) -> 0..1 scaled by 255 when its maximum is <= 1, else taken as 0..255; clipped."""
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return _as_hwc(np.asarray(im), str(path))
+    if mode == "1":
+        return _as_hwc(np.asarray(im.convert("L")), str(path))
+    if mode in ("LA", "La"):
+        return _as_hwc(np.asarray(im.getchannel(0)), str(path))
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+            raise RunnerError(f"cannot decode image {path}: 32-bit integer pixels outside 0..65535 (mode I); save it "
+                              "as 8- or 16-bit")
+        return _as_hwc(((a * 255 + 32767) // 65535).astype(np.uint8), str(path))
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise RunnerError(f"cannot decode image {path}: float pixels include NaN or infinity")
+        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
+        return _as_hwc(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), str(path))
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    return _as_hwc(np.asarray(im.convert("RGB")), str(path))
+
+
+def _allow_large_images() -> None:
+    """Pillow refuses images above 2 x MAX_IMAGE_PIXELS (89 MP) as decompression bombs; camera panoramas are
+    bigger. The runner applies its own limit (MAX_PIXELS) after reading the header, and drafts big JPEGs."""
+    import warnings
+
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def decode(path: Path, resolution: int | None = None) -> np.ndarray:
+    """uint8 H x W x C (C 1 or 3) of an image file: EXIF orientation applied, every Pillow mode converted as
+    `_to_uint8` says; JPEGs above DRAFT_PIXELS drafted (reduced DCT scale) when `resolution` is given.
+    RunnerError (naming the file) when it cannot be decoded."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _allow_large_images()
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF orientation, as viewers (and browsers) do
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            return _as_hwc(np.asarray(im), str(path))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RunnerError(f"cannot decode image {path}: {exc}") from None
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise RunnerError(f"cannot decode image {path}: {w} x {h} px is above the {MAX_PIXELS // 10**6} MP "
+                                  "limit; downscale it")
+            if im.format == "JPEG" and resolution and w * h > DRAFT_PIXELS:
+                side = DRAFT_SIDE_FACTOR * resolution
+                im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (side, side))
+            im = ImageOps.exif_transpose(im)  # phone photos: the orientation viewers (and browsers) apply
+            return _to_uint8(im, path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise RunnerError(f"cannot decode image {path}: {str(exc).splitlines()[0] or type(exc).__name__}") from None
+
+
+def check_image(path: Path) -> str | None:
+    """Why `path` cannot be trained on (one short phrase), or None. Cheap: reads the header and size, and
+    decodes JPEGs at 1/8 scale (which finds truncated files); other formats are verified by Pillow."""
+    from PIL import Image
+
+    _allow_large_images()
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                return f"{w} x {h} px is above the {MAX_PIXELS // 10**6} MP limit"
+            if min(w, h) < 8:
+                return f"{w} x {h} px is too small (at least 8 x 8)"
+            if im.format == "JPEG":
+                im.draft("RGB" if im.mode not in ("L", "RGB") else im.mode, (8, 8))
+                im.load()
+            else:
+                im.verify()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files; report, do not crash
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
 
 
 def _as_hwc(a: np.ndarray, where: str) -> np.ndarray:
@@ -109,25 +202,45 @@ def _load_npz(path: Path) -> Dataset:
     return Dataset([_as_hwc(im, f"{path}[{i}]") for i, im in enumerate(x)], y.astype(np.int64), str(path))
 
 
-def _load_folder(path: Path) -> Dataset:
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+def _load_folder(path: Path, skip_bad: bool = False) -> Dataset:
+    """One sub-folder per class, names sorted (code points), label = position. Every file Pillow can open is
+    an image (image_suffixes); names starting with '.' (.ipynb_checkpoints, .DS_Store) are not data. Every
+    image is checked once up front (check_image): all bad files are reported at once, or skipped and counted
+    with `skip_bad`. A class left without images is an error naming it."""
+    dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if not dirs:
         raise RunnerError(f"{path} has no class sub-folders (expected one folder of images per class)")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((path / name).iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
-                images.append(file)
-                labels.append(label)
-    return Dataset(images, np.asarray(labels, np.int64), str(path), classes)
+    suffixes = image_suffixes()
+    images, labels, skipped, bad = [], [], {}, []
+    for label, folder in enumerate(dirs):
+        entries = sorted((f for f in folder.iterdir() if not f.name.startswith(".")), key=lambda f: f.name)
+        files = [f for f in entries if f.is_file() and f.suffix.lower() in suffixes]
+        others = len(entries) - len(files)
+        unreadable = [(f, why) for f in files if (why := check_image(f))]
+        bad += unreadable
+        if others or unreadable:
+            skipped[folder.name] = {"not images": others, "unreadable": [str(f) for f, _ in unreadable]}
+        good = [f for f in files if f not in {u for u, _ in unreadable}]
+        if not good and not (unreadable and not skip_bad):
+            what = f" ({others} other file{'s' * (others != 1)})" if others else ""
+            raise RunnerError(f"class folder {folder} has no images{what}: add images or remove the folder")
+        images += good
+        labels += [label] * len(good)
+    if bad and not skip_bad:
+        shown = "; ".join(f"{f} ({why})" for f, why in bad[:3])
+        raise RunnerError(f"{len(bad)} image file{'s' * (len(bad) > 1)} in {path} cannot be decoded: {shown}"
+                          f"{'; ...' if len(bad) > 3 else ''}; fix or remove them, or pass --skip-bad-images")
+    return Dataset(images, np.asarray(labels, np.int64), str(path), [d.name for d in dirs], skipped)
 
 
-def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, seed: int = 0) -> Dataset:
+def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, seed: int = 0,
+                 skip_bad: bool = False, resolution: int | None = None) -> Dataset:
     path = Path(spec)
     if not path.exists():
         raise RunnerError(f"data not found: {spec}")
     if path.is_dir():
-        data = _load_folder(path)
+        data = _load_folder(path, skip_bad)
+        data.resolution = resolution
     elif path.suffix == ".npz":
         data = _load_npz(path)
     elif "idx3" in path.name:
@@ -138,12 +251,77 @@ def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, se
     if len(data) == 0:
         raise RunnerError(f"dataset {spec} is empty")
     bad = (data.labels < 0) | (data.labels >= num_classes)
-    if bad.any():
+    if bad.any() and data.classes is None:  # class folders: assign_classes names them
         raise RunnerError(f"{spec}: label {int(data.labels[bad][0])} is outside [0, {num_classes}) of the exported "
                           "model")
     if max_samples and len(data) > max_samples:  # a seeded random subset keeps every class represented
         data = data.subset(np.sort(permutation(len(data), seed, SUBSET)[:max_samples]))
     return data
+
+
+def fingerprint(spec: str) -> str:
+    """sha256 over what the data is: for a folder, every file's relative path, size and modification time
+    (changing, adding or removing a file changes it; reading is not needed); for a file, its size, time and
+    first MiB. --resume compares it with the run's."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    path = Path(spec)
+    if path.is_dir():
+        for root, dirs, files in sorted(os.walk(path)):
+            dirs.sort()
+            for name in sorted(files):
+                st = os.stat(os.path.join(root, name))
+                h.update(f"{os.path.relpath(os.path.join(root, name), path)}\t{st.st_size}\t{st.st_mtime_ns}\n"
+                         .encode())
+    else:
+        st = path.stat()
+        h.update(f"{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def assign_classes(train: Dataset, val: Dataset | None, num_classes: int, allow_unused: bool,
+                   spec: str) -> None:
+    """Check the class folders against the export's outputs and label `val` by class name (in place).
+
+    More classes than outputs, or fewer without `allow_unused` (outputs that would never be trained), is an
+    error naming the classes. A validation class unknown to training is an error naming it; a subset is fine:
+    its labels follow the training set's names, not the validation folder's positions."""
+    names = train.classes
+    if names is not None:
+        listed = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        if len(names) > num_classes:
+            raise RunnerError(f"{spec} has {len(names)} classes ({listed}) but the export has {num_classes} outputs; "
+                              f"export with --num-classes {len(names)}")
+        if len(names) < num_classes and not allow_unused:
+            raise RunnerError(f"{spec} has {len(names)} classes ({listed}) but the export has {num_classes} outputs; "
+                              f"export with --num-classes {len(names)}, or pass --allow-unused-outputs to leave "
+                              f"{num_classes - len(names)} of them untrained")
+    if val is None or val.classes is None:
+        return
+    if names is None:
+        raise RunnerError("--val is a class-per-folder directory but --data has no class names (.npz or idx); use "
+                          "the same kind of data for both")
+    unknown = [c for c in val.classes if c not in names]
+    if unknown:
+        raise RunnerError(f"--val has class{'es' * (len(unknown) > 1)} that --data lacks: {', '.join(unknown)}")
+    index = {c: i for i, c in enumerate(names)}
+    val.labels = np.asarray([index[val.classes[y]] for y in val.labels], np.int64)
+    val.classes = list(names)
+
+
+def skipped_summary(*datasets: Dataset | None) -> dict:
+    """{class: {"not images": n, "unreadable": n}} over the datasets, for the run summary."""
+    out: dict = {}
+    for data in datasets:
+        for name, info in ((data.skipped or {}) if data is not None else {}).items():
+            entry = out.setdefault(name, {"not images": 0, "unreadable": 0})
+            entry["not images"] += info["not images"]
+            entry["unreadable"] += len(info["unreadable"])
+    return out
 
 
 def class_names(data: Dataset, num_classes: int) -> list[str]:

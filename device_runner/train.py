@@ -94,8 +94,12 @@ class Run:
                       "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
         start = None  # the export's initial parameters
         trainer = trainer_class(cfg.backend)
+        self.note = None
         if resume:
-            start, self.state, index = checkpoint.load(run_dir, trainer.CHECKPOINT)
+            start, state, index, self.note = checkpoint.load(run_dir, trainer.CHECKPOINT)
+            self.state = state or self.state
+            if state is None:
+                index = None
             if self.state.get("shuffle") != SHUFFLE:
                 raise RunnerError(f"run {run_dir} was made by an older runner that shuffled differently "
                                   f"({self.state.get('shuffle')}); start a new run (--force)")

@@ -191,7 +191,7 @@ def python_run(artifacts, tmp_path_factory):
     data = image_folder(tmp / "data")
     out = tmp / "run"
     args = ["--artifacts", str(artifacts), "--data", str(data), "--epochs", "2", "--batch-size", "8", "--lr",
-            "1e-4", "--val-split", "0.2", "--seed", "3", "--out", str(out)]
+            "1e-4", "--val-split", "0.2", "--seed", "3", "--allow-unused-outputs", "--out", str(out)]
     done = _run_python(args)
     assert done.returncode == 0, done.stderr
     return args, out
@@ -242,8 +242,8 @@ def test_node_cli_matches_python_runner(backend, artifacts, python_run, tmp_path
 
 def test_node_cli_resume_continues_where_it_stopped(artifacts, tmp_path):
     data = image_folder(tmp_path / "data", per_class=6)
-    common = ["--artifacts", str(artifacts), "--data", str(data), "--epochs", "3", "--batch-size", "4", "--lr", "1e-4",
-              "--checkpoint-every", "2"]
+    common = ["--artifacts", str(artifacts), "--data", str(data), "--allow-unused-outputs", "--epochs", "3",
+              "--batch-size", "4", "--lr", "1e-4", "--checkpoint-every", "2"]
     whole = _run_js(common + ["--out", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr
     part = _run_js(common + ["--out", str(tmp_path / "part"), "--max-steps", "7"])
@@ -264,14 +264,15 @@ def _copy_export(artifacts: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing-file", "corrupt-file", "no-manifest", "undecodable", "zero-byte",
-                                  "empty-class", "unknown-flag", "bad-number", "too-many-classes"])
+                                  "empty-class", "unknown-flag", "bad-number", "too-many-classes",
+                                  "unused-outputs"])
 def test_node_cli_bad_inputs_one_line(case, artifacts, tmp_path):
     art, data = artifacts, image_folder(tmp_path / "data", per_class=4)
     extra: list[str] = []
     expect = {"missing-file": "artifact file missing", "corrupt-file": "does not match the manifest's sha256",
-              "no-manifest": "no manifest.json", "undecodable": "cannot decode image", "zero-byte": "cannot decode",
+              "no-manifest": "no manifest.json", "undecodable": "1 image file cannot be decoded", "zero-byte": "cannot be decoded",
               "empty-class": "has no images", "unknown-flag": "--bogus", "bad-number": "--epochs",
-              "too-many-classes": "class folders"}[case]
+              "too-many-classes": "has 6 classes", "unused-outputs": "--allow-unused-outputs"}[case]
     if case == "missing-file":
         art = _copy_export(artifacts, tmp_path / "art")
         (art / "eval_step.onnx").unlink()
@@ -285,7 +286,8 @@ def test_node_cli_bad_inputs_one_line(case, artifacts, tmp_path):
         (art / "manifest.json").unlink()
     elif case == "undecodable":
         good = next((data / "dog").glob("*.jpg"))
-        good.write_bytes(good.read_bytes()[:40])  # truncated JPEG
+        blob = good.read_bytes()
+        good.write_bytes(blob[:len(blob) * 2 // 3])  # truncated mid-scan: the header still reads
     elif case == "zero-byte":
         (data / "fox" / "empty.png").write_bytes(b"")
     elif case == "empty-class":
@@ -298,6 +300,8 @@ def test_node_cli_bad_inputs_one_line(case, artifacts, tmp_path):
         for name in ("elk", "emu"):
             shutil.copytree(data / "cat", data / name)
     out = tmp_path / "run"
+    if case != "unused-outputs":
+        extra.append("--allow-unused-outputs")
     done = _run_js(["--artifacts", str(art), "--data", str(data), "--out", str(out), *extra])
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -358,7 +362,8 @@ def test_page_trains_like_the_node_runner(artifacts, tmp_path):
     assert len(page["steps"]) == 3 * 4 and page["epochs"][-1]["train_loss"] < page["epochs"][0]["train_loss"]
     assert page["prediction"] in CLASSES and shot.stat().st_size > 10_000
     cli = _run_js(["--artifacts", str(artifacts), "--data", str(data), "--out", str(tmp_path / "run"), "--backend",
-                   "wasm", "--epochs", "3", "--batch-size", "8", "--lr", "1e-4", "--val-split", "0.2"])
+                   "wasm", "--epochs", "3", "--batch-size", "8", "--lr", "1e-4", "--val-split", "0.2",
+                   "--allow-unused-outputs"])
     assert cli.returncode == 0, cli.stderr
     for p, j in zip(page["epochs"], _epochs(tmp_path / "run"), strict=True):
         for key in ("train_loss", "val_loss", "train_acc", "val_acc"):

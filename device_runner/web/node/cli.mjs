@@ -15,11 +15,11 @@ import { loadExport } from '../src/manifest.mjs';
 import { Run, SHUFFLE } from '../src/run.mjs';
 import { splitDataset } from '../src/data.mjs';
 import { joinedModel } from '../src/onnx.mjs';
-import { checkDecodable, loadFolder } from './images.mjs';
+import { findBadImages, loadFolder, withoutFiles } from './images.mjs';
 
 const USAGE = `usage: mobiletl-train-js --artifacts DIR --data DIR [--val DIR | --val-split F] [--epochs N]
         [--batch-size N] [--lr F] [--schedule cosine|linear|constant] [--seed N] [--out RUN] [--force | --resume]
-        [--checkpoint-every N] [--threads N] [--backend node|wasm] [--no-progress]
+        [--checkpoint-every N] [--threads N] [--backend node|wasm] [--allow-unused-outputs] [--no-progress]
 
   --artifacts DIR     folder written by mobiletl-export (its manifest.json and the portable step's files)
   --data DIR          class-per-folder images (PNG/JPEG): one sub-folder per class, label = sorted position
@@ -34,6 +34,8 @@ const USAGE = `usage: mobiletl-train-js --artifacts DIR --data DIR [--val DIR | 
   --checkpoint-every N  steps between checkpoints (default 100)
   --threads N         intra-op threads (default: onnxruntime's choice)
   --backend B         node (onnxruntime-node, default) or wasm (onnxruntime-web's WASM in Node)
+  --allow-unused-outputs  train with fewer class folders than the export has outputs
+  --skip-bad-images   leave out image files that cannot be decoded (reported) instead of stopping
   --no-progress       no progress bar`;
 
 const OPTIONS = {
@@ -43,6 +45,7 @@ const OPTIONS = {
   force: { type: 'boolean', default: false }, resume: { type: 'boolean', default: false }, 'checkpoint-every': { type: 'string', default: '100' },
   threads: { type: 'string' }, backend: { type: 'string', default: 'node' }, 'no-progress': { type: 'boolean', default: false },
   'max-steps': { type: 'string' }, help: { type: 'boolean', short: 'h', default: false },
+  'allow-unused-outputs': { type: 'boolean', default: false }, 'skip-bad-images': { type: 'boolean', default: false },
 };
 // options that decide what a run computes: --resume must see the same ones
 const RESUME_FIXED = ['artifacts', 'data', 'val', 'val-split', 'epochs', 'batch-size', 'lr', 'schedule', 'seed'];
@@ -162,6 +165,9 @@ export async function main(argv) {
   if (args.backend === 'wasm' && threads) ort.env.wasm.numThreads = threads;
   const K = exported.manifest.num_classes;
   const data = loadFolder(args.data, K);
+  if (data.classes.length < K && !args['allow-unused-outputs']) {
+    throw new RunnerError(`${args.data} has ${data.classes.length} classes (${data.classes.join(', ')}) but the export has ${K} outputs; export with --num-classes ${data.classes.length}, or pass --allow-unused-outputs to leave ${K - data.classes.length} of them untrained`);
+  }
   let train, val;
   if (args.val) {
     train = data;
@@ -174,8 +180,18 @@ export async function main(argv) {
   } else {
     [train, val] = splitDataset(data, number(args, 'val-split'), seed);
   }
-  await checkDecodable(train);
-  await checkDecodable(val);
+  const bad = [...await findBadImages(data), ...(args.val ? await findBadImages(val) : [])];
+  if (bad.length && !args['skip-bad-images']) {
+    const shown = bad.slice(0, 3).map(([f, why]) => `${f} (${why})`).join('; ');
+    throw new RunnerError(`${bad.length} image file${bad.length > 1 ? 's' : ''} cannot be decoded: ${shown}${bad.length > 3 ? '; ...' : ''}; fix or remove them, or pass --skip-bad-images`);
+  }
+  if (bad.length) {
+    const files = bad.map(([f]) => f);
+    if (args.val) { train = withoutFiles(train, files); val = withoutFiles(val, files); } else {
+      [train, val] = splitDataset(withoutFiles(data, files), number(args, 'val-split'), seed);
+    }
+    process.stderr.write(`skipped ${bad.length} unreadable image${bad.length > 1 ? 's' : ''}\n`);
+  }
   const out = args.out;
   prepareRunDir(out, args);
   const classNames = [...train.classes, ...Array.from({ length: K - train.classes.length }, (_, i) => String(train.classes.length + i))];

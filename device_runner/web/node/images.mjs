@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RunnerError } from '../src/errors.mjs';
 
-export const IMAGE_SUFFIXES = new Set(['.png', '.jpg', '.jpeg']);
+/** What sharp (libvips) decodes; the Python runner also reads BMP and the rarer formats Pillow knows. */
+export const IMAGE_SUFFIXES = new Set(['.png', '.jpg', '.jpeg', '.jpe', '.jfif', '.webp', '.gif', '.tif', '.tiff', '.avif']);
 const byCodePoint = (a, b) => { const x = [...a], y = [...b]; for (let i = 0; i < Math.min(x.length, y.length); i++) { const d = x[i].codePointAt(0) - y[i].codePointAt(0); if (d) return d; } return x.length - y.length; };
 
 let sharpModule = null;
@@ -49,25 +50,44 @@ export function loadFolder(root, numClasses) {
   }
   const classes = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort(byCodePoint);
   if (!classes.length) throw new RunnerError(`${root} has no class sub-folders (expected one folder of images per class)`);
-  if (classes.length > numClasses) throw new RunnerError(`${root} has ${classes.length} class folders (${classes.join(', ')}) but the export has ${numClasses} outputs`);
+  if (classes.length > numClasses) throw new RunnerError(`${root} has ${classes.length} classes (${classes.join(', ')}) but the export has ${numClasses} outputs; export with --num-classes ${classes.length}`);
   const files = [], labels = [];
   classes.forEach((name, label) => {
     const dir = path.join(root, name);
     const names = fs.readdirSync(dir).filter((f) => !f.startsWith('.') && IMAGE_SUFFIXES.has(path.extname(f).toLowerCase())).sort(byCodePoint);
-    if (!names.length) throw new RunnerError(`class folder ${dir} has no images (.png, .jpg, .jpeg)`);
+    if (!names.length) throw new RunnerError(`class folder ${dir} has no images (${[...IMAGE_SUFFIXES].join(' ')}): add images or remove the folder`);
     for (const f of names) { files.push(path.join(dir, f)); labels.push(label); }
   });
   return { length: files.length, labels, classes, files, source: root, image: (i) => decodeFile(files[i]) };
 }
 
-/** Decode every file once before training (a bad file is reported up front, not after an epoch). */
-export async function checkDecodable(data) {
+/**
+ * Check every file once before training (cheap: a 1/8-scale decode for JPEG, via libvips' shrink-on-load, which
+ * finds truncated files). Returns [[file, reason], ...] of the files that cannot be decoded.
+ */
+export async function findBadImages(data) {
   const s = await sharp();
+  const bad = [];
   for (const file of data.files) {
     try {
-      await s(file).metadata();
+      const meta = await s(file).metadata();
+      if (meta.width < 8 || meta.height < 8) { bad.push([file, `${meta.width} x ${meta.height} px is too small (at least 8 x 8)`]); continue; }
+      await s(file, { failOn: 'truncated' }).resize(8, 8, { fit: 'inside' }).raw().toBuffer();
     } catch (e) {
-      throw new RunnerError(`cannot decode image ${file}: ${String(e.message || e).split('\n')[0]}`);
+      bad.push([file, String(e.message || e).split('\n')[0]]);
     }
   }
+  return bad;
+}
+
+/** The dataset without `files` (the same labels and class names); a class left empty is an error. */
+export function withoutFiles(data, files) {
+  const drop = new Set(files);
+  const keep = data.files.map((f, i) => i).filter((i) => !drop.has(data.files[i]));
+  const labels = keep.map((i) => data.labels[i]);
+  data.classes.forEach((c, label) => {
+    if (!labels.includes(label)) throw new RunnerError(`class folder ${path.join(data.source, c)} has no readable images`);
+  });
+  const kept = keep.map((i) => data.files[i]);
+  return { ...data, length: kept.length, files: kept, labels, image: (i) => decodeFile(kept[i]) };
 }
