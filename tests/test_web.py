@@ -255,6 +255,9 @@ def test_node_cli_resume_continues_where_it_stopped(artifacts, tmp_path):
     changed = _run_js(common[:-2] + ["--checkpoint-every", "2", "--out", str(tmp_path / "part"), "--resume", "--lr",
                                      "1e-3"])
     assert changed.returncode == 2 and "--lr" in changed.stderr
+    shutil.copy(next((data / "cat").glob("*.png")), data / "cat" / "new.png")
+    grown = _run_js(common + ["--out", str(tmp_path / "part"), "--resume"])
+    assert grown.returncode == 2 and "files of --data changed" in grown.stderr, grown.stderr
 
 
 # -- bad inputs --------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
  * state.json}, RUN/model.onnx (image -> logits, class names in its metadata). Errors: one line on stderr,
  * exit code 2; Ctrl-C / SIGTERM: the last checkpoint stands, exit 130 (resume with --resume).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -110,6 +111,34 @@ function loadCheckpoint(out) {
   throw new RunnerError(`no checkpoint to resume from in ${out}`);
 }
 
+/** sha256 over every file's relative path, size and modification time under `root` (what --resume compares). */
+export function fingerprint(root) {
+  const h = crypto.createHash('sha256');
+  const walk = (dir) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else { const st = fs.statSync(p, { bigint: true }); h.update(`${path.relative(root, p)}\t${st.size}\t${st.mtimeNs}\n`); }
+    }
+  };
+  walk(root);
+  return h.digest('hex');
+}
+
+/** --resume continues only the run that was started: same classes, data and artifacts. */
+function checkSameRun(out, identity) {
+  const earlier = JSON.parse(fs.readFileSync(path.join(out, 'run.json'), 'utf8'));
+  if (earlier.class_names && JSON.stringify(earlier.class_names) !== JSON.stringify(identity.class_names)) {
+    throw new RunnerError(`run ${out} was trained on other classes (${earlier.class_names.join(', ')}; now ${identity.class_names.join(', ')}); start a new run`);
+  }
+  for (const [key, what] of [['data_fingerprint', '--data'], ['val_fingerprint', '--val']]) {
+    if (key in earlier && earlier[key] !== identity[key]) throw new RunnerError(`the files of ${what} changed since run ${out} started (added, removed or modified); restore them or start a new run`);
+  }
+  if (earlier.manifest_sha256 && JSON.stringify(earlier.manifest_sha256) !== JSON.stringify(identity.manifest_sha256)) {
+    throw new RunnerError(`the artifacts are not the ones run ${out} started with (re-exported?); resume with the original export or start a new run`);
+  }
+}
+
 function prepareRunDir(out, args) {
   const runJson = path.join(out, 'run.json');
   if (args.resume) {
@@ -195,17 +224,19 @@ export async function main(argv) {
   const out = args.out;
   prepareRunDir(out, args);
   const classNames = [...train.classes, ...Array.from({ length: K - train.classes.length }, (_, i) => String(train.classes.length + i))];
+  const identity = { class_names: classNames, data_fingerprint: fingerprint(args.data), val_fingerprint: args.val ? fingerprint(args.val) : null, manifest_sha256: exported.manifest.sha256 };
   let resume = {};
   if (args.resume) {
+    checkSameRun(out, identity);
     const { state, bytes } = loadCheckpoint(out);
     resume = { state, checkpoint: bytes };
   } else {
     const record = {
       runner: 'mobiletl-train-js', backend: args.backend, artifacts: args.artifacts, data: args.data, val: args.val ?? null,
       'val-split': args['val-split'], epochs: args.epochs, 'batch-size': args['batch-size'], lr: args.lr ?? null,
-      schedule: args.schedule, seed: args.seed, class_names: classNames, manifest_sha256: exported.manifest.sha256, shuffle: SHUFFLE,
+      schedule: args.schedule, seed: args.seed, shuffle: SHUFFLE, ...identity,
     };
-    fs.writeFileSync(path.join(out, 'run.json'), JSON.stringify(record, null, 1));
+    writeAtomic(path.join(out, 'run.json'), JSON.stringify(record, null, 1));
   }
   const metrics = fs.openSync(path.join(out, 'metrics.jsonl'), 'a');
   const bar = await progressBar(!args['no-progress']);
