@@ -210,6 +210,8 @@ def _load_folder(path: Path, skip_bad: bool = False) -> Dataset:
     dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not dirs:
         raise RunnerError(f"{path} has no class sub-folders (expected one folder of images per class)")
+    if len(dirs) < 2:
+        raise RunnerError(f"{path} has 1 class folder ({dirs[0].name}); a classifier needs at least 2")
     suffixes = image_suffixes()
     images, labels, skipped, bad = [], [], {}, []
     for label, folder in enumerate(dirs):

@@ -98,9 +98,14 @@ function addClass(name) {
       const img = document.createElement('img');
       img.src = URL.createObjectURL(f);
       img.alt = f.name;
+      img.title = `${f.name} (tap to remove)`;
+      img.addEventListener('click', () => { cls.files.splice(cls.files.indexOf(f), 1); img.remove(); count(); });
       $('.thumbs', node).append(img);
     }
     ev.target.value = '';
+    count();
+  };
+  const count = () => {
     $('.count', node).textContent = `${cls.files.length} photo${cls.files.length === 1 ? '' : 's'}`;
     updateButtons();
   };
@@ -161,7 +166,7 @@ async function collectData() {
   $('#train-status').textContent = `Checking ${files.length} photos…`;
   const bad = [];
   for (const f of files) { try { await decode(f); } catch { bad.push(f.name); } }
-  if (bad.length) throw new RunnerError(`${bad.length} photo${bad.length > 1 ? 's' : ''} cannot be read: ${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', …' : ''}; remove ${bad.length > 1 ? 'them' : 'it'}`);
+  if (bad.length) throw new RunnerError(`${bad.length} photo${bad.length > 1 ? 's' : ''} cannot be read: ${bad.slice(0, 5).join(', ')}${bad.length > 5 ? ', …' : ''}; tap ${bad.length > 1 ? 'them' : 'it'} to remove`);
   return { length: files.length, labels, classes: names, files, image: (i) => decode(files[i]) };
 }
 
@@ -176,6 +181,15 @@ function makeCharts() {
 
 // -- training -------------------------------------------------------------------------------------------------------
 const numberField = (id) => { const v = $(id).value.trim(); return v === '' ? undefined : Number(v); };
+function checkSettings() {
+  const whole = (id, label) => { const v = numberField(id); if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new RunnerError(`${label} must be a whole number of at least 1`); };
+  whole('#epochs', 'Epochs');
+  whole('#batch-size', 'Batch');
+  const lr = numberField('#lr');
+  if (lr !== undefined && !(lr > 0)) throw new RunnerError('Learning rate must be a positive number (or empty for the export\'s)');
+  const v = numberField('#val-split');
+  if (v !== undefined && !(v >= 0 && v < 1)) throw new RunnerError('Validation must be a fraction from 0 (none) to below 1, e.g. 0.2');
+}
 
 $('#train').addEventListener('click', async () => {
   clearError();
@@ -185,6 +199,7 @@ $('#train').addEventListener('click', async () => {
   page.model = page.checkpoint = page.session = null;
   updateButtons();
   try {
+    checkSettings();
     const data = await collectData();
     const valSplit = numberField('#val-split') ?? 0;
     const [train, val] = valSplit > 0 ? splitDataset(data, valSplit, 0) : [data, null];
@@ -214,17 +229,19 @@ $('#train').addEventListener('click', async () => {
     $('#train-status').textContent = `Computing features of ${data.length} photos…`;
     updateButtons();
     const last = await page.run.run();
+    page.trainedClasses = [...data.classes];
     page.classNames = [...data.classes, ...Array.from({ length: page.exported.manifest.num_classes - data.classes.length }, (_, i) => String(data.classes.length + i))];
     page.model = joinedModel(page.exported.files.inference, page.exported.manifest, page.run.trainer.params, page.classNames);
     page.session = await ort.InferenceSession.create(page.model, { executionProviders: ['wasm'] });
+    const wasStopped = page.run.stopping;
     await page.run.release();
     page.run = null;
     const valText = 'val_acc' in last ? ` · validation accuracy ${(100 * last.val_acc).toFixed(0)}%` : '';
-    $('#train-status').textContent = `Done: ${last.step} steps, training accuracy ${(100 * last.train_acc).toFixed(0)}%${valText}. Try it below.`;
+    $('#train-status').textContent = `${wasStopped ? 'Stopped' : 'Done'}: ${last.step} steps, training accuracy ${(100 * last.train_acc).toFixed(0)}%${valText}. Try it below.`;
     window.mobiletl.state = 'done';
   } catch (e) {
     window.mobiletl.state = 'error';
-    $('#train-status').textContent = 'Training stopped.';
+    $('#train-status').textContent = `Not trained: ${message(e)}`;
     showError(e);
   } finally {
     updateButtons();
@@ -241,7 +258,7 @@ async function tryPhoto(file) {
     const image = await decode(file);
     const x = toInput([image], m.resolution, m.normalization.mean, m.normalization.std);
     const out = await page.session.run({ image: new ort.Tensor('float32', x, [1, 3, m.resolution, m.resolution]) });
-    const logits = Array.from(out.logits.data).slice(0, page.classes.length);
+    const logits = Array.from(out.logits.data).slice(0, page.trainedClasses.length); // the classes it learnt
     const mx = Math.max(...logits), exp = logits.map((v) => Math.exp(v - mx)), sum = exp.reduce((a, b) => a + b, 0);
     const top = argmax(Float32Array.from(logits), 1)[0];
     const box = $('#try-result');
@@ -279,7 +296,7 @@ $('#download-model').addEventListener('click', () => download(page.model, 'model
 $('#download-checkpoint').addEventListener('click', () => download(page.checkpoint, 'parameters.safetensors'));
 
 // -- start ----------------------------------------------------------------------------------------------------------
-$('#runtime').textContent = `onnxruntime-web ${ort.env.versions?.web ?? ''} · WASM · ${threads} thread${threads > 1 ? 's' : ''}${self.crossOriginIsolated ? '' : ' (serve with serve.py for threads)'} · nothing is uploaded`;
+$('#runtime').textContent = `onnxruntime-web ${ort.env.versions?.web ?? ''} · WASM · ${threads} thread${threads > 1 ? 's' : ''}${self.crossOriginIsolated ? '' : self.isSecureContext ? ' (serve with serve.py for threads)' : ' (threads need https or localhost)'} · nothing is uploaded`;
 addClass('class 1');
 addClass('class 2');
 if ('serviceWorker' in navigator && params.get('sw') !== '0') navigator.serviceWorker.register('sw.js').catch(() => {});

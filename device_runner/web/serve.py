@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
     a = p.parse_args(argv)
+    if a.export and Path(a.export).name == "manifest.json":
+        a.export = str(Path(a.export).parent)
     if a.export and not (Path(a.export) / "manifest.json").is_file():
         print(f"serve.py: error: {a.export} has no manifest.json (not a mobiletl-export folder)", file=sys.stderr)
         return 2
@@ -67,9 +69,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     Handler.export_dir = Path(a.export).resolve() if a.export else None
-    server = http.server.ThreadingHTTPServer((a.host, a.port), functools.partial(Handler, directory=str(HERE)))
-    print(f"serving http://{a.host}:{server.server_address[1]}/  (export: {a.export or 'none; pick one in the page'})",
-          flush=True)
+    try:
+        server = http.server.ThreadingHTTPServer((a.host, a.port), functools.partial(Handler, directory=str(HERE)))
+    except OSError as exc:
+        print(f"serve.py: error: cannot listen on {a.host}:{a.port}: {exc.strerror} (another --port?)", file=sys.stderr)
+        return 2
+    host = a.host if a.host not in ("0.0.0.0", "::") else "localhost"
+    print(f"serving http://{host}:{server.server_address[1]}/  (export: {a.export or 'none; pick one in the page'})"
+          + ("; from another device: http://<this machine's address>:" + str(server.server_address[1]) + "/"
+             if host != a.host else ""), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

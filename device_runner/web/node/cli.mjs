@@ -108,7 +108,7 @@ function loadCheckpoint(out) {
       return { state, bytes: new Uint8Array(b.buffer, b.byteOffset, b.length) };
     } catch { /* try the older one */ }
   }
-  throw new RunnerError(`no checkpoint to resume from in ${out}`);
+  return null; // --resume always continues a run folder: without a checkpoint, from step 0
 }
 
 /** sha256 over every file's relative path, size and modification time under `root` (what --resume compares). */
@@ -171,6 +171,9 @@ async function progressBar(enabled) {
 
 export async function main(argv) {
   let args;
+  // `--epochs -1`: parseArgs would take -1 for an option; join negative numbers to their flag
+  argv = argv.reduce((out, a) => (/^-\d/.test(a) && out.length && out[out.length - 1].startsWith('--') && OPTIONS[out[out.length - 1].slice(2)]?.type === 'string'
+    ? [...out.slice(0, -1), `${out[out.length - 1]}=${a}`] : [...out, a]), []);
   try {
     ({ values: args } = parseArgs({ args: argv, options: OPTIONS, strict: true }));
   } catch (e) {
@@ -228,8 +231,9 @@ export async function main(argv) {
   let resume = {};
   if (args.resume) {
     checkSameRun(out, identity);
-    const { state, bytes } = loadCheckpoint(out);
-    resume = { state, checkpoint: bytes };
+    const found = loadCheckpoint(out);
+    if (found) resume = { state: found.state, checkpoint: found.bytes };
+    else process.stderr.write(`mobiletl-train-js: no checkpoint in ${out} yet; starting the run again from step 0\n`);
   } else {
     const record = {
       runner: 'mobiletl-train-js', backend: args.backend, artifacts: args.artifacts, data: args.data, val: args.val ?? null,

@@ -22,7 +22,8 @@ async function sharp() {
 export async function decodeFile(file) {
   const s = await sharp();
   try {
-    const img = s(file, { failOn: 'error' }).rotate(); // rotate(): apply EXIF orientation
+    // rotate(): apply the EXIF orientation; ignoreIcc: pixels as stored, as Pillow and the page read them
+    const img = s(file, { failOn: 'error', ignoreIcc: true }).rotate();
     const meta = await s(file).metadata();
     const grey = meta.channels <= 2; // grey or grey + alpha: one channel, broadcast to RGB later (as Pillow's L)
     const pipeline = grey ? img.removeAlpha().toColourspace('b-w') : img.removeAlpha().toColourspace('srgb');
@@ -48,13 +49,16 @@ export function loadFolder(root, numClasses) {
   } catch (e) {
     throw new RunnerError(e.code === 'ENOENT' ? `data not found: ${root}` : e.code === 'ENOTDIR' ? `--data ${root} is a file; this runner reads a class-per-folder image directory` : `cannot read ${root}: ${e.message}`);
   }
-  const classes = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.')).map((e) => e.name).sort(byCodePoint);
+  const isDir = (p) => { try { return fs.statSync(p).isDirectory(); } catch { return false; } }; // follows symlinks
+  const isFile = (p) => { try { return fs.statSync(p).isFile(); } catch { return false; } };
+  const classes = entries.filter((e) => !e.name.startsWith('.') && isDir(path.join(root, e.name))).map((e) => e.name).sort(byCodePoint);
   if (!classes.length) throw new RunnerError(`${root} has no class sub-folders (expected one folder of images per class)`);
+  if (classes.length < 2) throw new RunnerError(`${root} has ${classes.length} class folder${classes.length ? ` (${classes[0]})` : ''}; a classifier needs at least 2`);
   if (classes.length > numClasses) throw new RunnerError(`${root} has ${classes.length} classes (${classes.join(', ')}) but the export has ${numClasses} outputs; export with --num-classes ${classes.length}`);
   const files = [], labels = [];
   classes.forEach((name, label) => {
     const dir = path.join(root, name);
-    const names = fs.readdirSync(dir).filter((f) => !f.startsWith('.') && IMAGE_SUFFIXES.has(path.extname(f).toLowerCase())).sort(byCodePoint);
+    const names = fs.readdirSync(dir).filter((f) => !f.startsWith('.') && IMAGE_SUFFIXES.has(path.extname(f).toLowerCase()) && isFile(path.join(dir, f))).sort(byCodePoint);
     if (!names.length) throw new RunnerError(`class folder ${dir} has no images (${[...IMAGE_SUFFIXES].join(' ')}): add images or remove the folder`);
     for (const f of names) { files.push(path.join(dir, f)); labels.push(label); }
   });
