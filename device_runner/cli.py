@@ -212,7 +212,7 @@ def _run(args) -> int:
         model = run.export(Path(args.export) if args.export else out / "model.onnx")
     finally:
         run.close()
-    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
+    summary = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in last.items()}  # 4 significant digits
     skipped = skipped_summary(data, val if args.val else None)
     print(json.dumps({"run": str(out), "model": str(model), "classes": names, **summary,
                       **({"skipped": skipped} if skipped else {})}))

@@ -64,6 +64,13 @@ def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
     raise RunnerError(f"unknown schedule {schedule!r}")
 
 
+def epoch_line(r: dict, epochs: int) -> str:
+    """One human-readable line per epoch (stderr; metrics.jsonl has the record)."""
+    val = f", val loss {r['val_loss']:.4g} acc {r['val_acc']:.3f}" if "val_loss" in r else ""
+    return (f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4g} acc {r['train_acc']:.3f}{val}, "
+            f"{r['samples_per_s']:.0f} img/s")
+
+
 def _progress(total: int, desc: str, enabled: bool):
     """A tqdm bar on stderr, unless disabled or stderr is not a terminal (a log file would fill with redraws)."""
     if not enabled or not sys.stderr.isatty():
@@ -186,6 +193,8 @@ class Run:
                     "cache": self.cache.kind, "cache_hits": self.cache.hits, "cache_misses": self.cache.misses}
             last.update(self.evaluate())
             self.log(last)
+            if cfg.progress:
+                print(epoch_line(last, cfg.epochs), file=sys.stderr, flush=True)
             if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
                 break
         self.save()

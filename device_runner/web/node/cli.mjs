@@ -252,7 +252,13 @@ export async function main(argv) {
       if (s.epoch !== barEpoch) { if (barEpoch) bar.stop(); bar.start(s.epochSize, 0, { epoch: `${s.epoch}/${epochs}`, loss: '-', acc: '-' }); barEpoch = s.epoch; }
       bar.update(Math.min(s.seen, s.epochSize), { loss: s.trainLoss.toFixed(3), acc: s.trainAcc.toFixed(3) });
     },
-    onMetrics: (r) => fs.writeSync(metrics, JSON.stringify(r) + '\n'),
+    onMetrics: (r) => {
+      fs.writeSync(metrics, JSON.stringify(r) + '\n');
+      if (args['no-progress']) return;
+      bar?.stop(); barEpoch = 0;
+      const v = 'val_loss' in r ? `, val loss ${r.val_loss.toPrecision(4)} acc ${r.val_acc.toFixed(3)}` : '';
+      process.stderr.write(`epoch ${r.epoch}/${epochs}: train loss ${r.train_loss.toPrecision(4)} acc ${r.train_acc.toFixed(3)}${v}, ${r.samples_per_s.toFixed(0)} img/s\n`);
+    },
     onCheckpoint: async (bytes, state) => saveCheckpoint(out, bytes, state),
   });
   const stop = () => { run.stop(); interrupted = true; };
@@ -271,8 +277,8 @@ export async function main(argv) {
   const model = path.join(out, 'model.onnx');
   writeAtomic(model, joinedModel(exported.files.inference, exported.manifest, run.trainer.params, classNames));
   await run.release();
-  const summary = Object.fromEntries(Object.entries(last).map(([k, v]) => [k, typeof v === 'number' && !Number.isInteger(v) ? Math.round(v * 1e4) / 1e4 : v]));
-  console.log(JSON.stringify({ run: out, model, ...summary }));
+  const summary = Object.fromEntries(Object.entries(last).map(([k, v]) => [k, typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v]));
+  console.log(JSON.stringify({ run: out, model, classes: classNames, ...summary, ...(bad.length ? { skipped: bad.length } : {}) }));
   return 0;
 }
 
