@@ -20,16 +20,19 @@ class FeatureCache:
         nbytes = n * int(np.prod(shape)) * 4
         self.kind = "off" if not enabled else ("memory" if nbytes <= budget_mb * 2**20 else "disk")
         self.path = folder / f"{name}.cache"
+        mode = None
         if self.kind == "memory":
             self.store = np.empty((n, *shape), np.float32)
         elif self.kind == "disk":
             mode = "r+" if self.path.exists() and self.path.stat().st_size == nbytes else "w+"
             self.store = np.memmap(self.path, np.float32, mode, shape=(n, *shape))
+        # only a disk cache that already existed holds features a checkpoint's index may point at
+        self.reusable = self.kind == "disk" and mode == "r+"
         self.hits = self.misses = 0
 
     def restore_index(self, filled: np.ndarray | None) -> None:
         """After a restart only a disk cache still holds its features."""
-        if self.kind == "disk" and filled is not None and len(filled) == len(self.filled):
+        if self.reusable and filled is not None and len(filled) == len(self.filled):
             self.filled[:] = filled
 
     def get(self, index: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -105,7 +105,7 @@ def _check_same_run(out: Path, earlier: dict, identity: dict) -> None:
         if key in earlier and earlier[key] != identity[key]:
             raise RunnerError(f"the files of {what} changed since run {out} started (added, removed or modified); "
                               "restore them or start a new run")
-    if "manifest_sha256" in earlier and earlier["manifest_sha256"] != identity["manifest_sha256"]:
+    if any(k in earlier and earlier[k] != identity[k] for k in ("manifest_sha256", "manifest_file_sha256")):
         raise RunnerError(f"the artifacts are not the ones run {out} started with (re-exported?); resume with the "
                           "original export or start a new run")
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from .data import assign_classes, class_names, fingerprint, load_dataset, skipped_summary, split
-    from .manifest import load_manifest
+    from .manifest import load_manifest, sha256_file
     from .train import Run, RunConfig
 
     import numpy as np
@@ -179,9 +179,15 @@ def _run(args) -> int:
     else:
         train, val = split(data, args.val_split, args.seed)
     assign_classes(train, val, classes, args.allow_unused_outputs, args.data)
+    if train.classes is not None:
+        empty = [c for c, n in zip(train.classes, np.bincount(train.labels, minlength=len(train.classes))) if n == 0]
+        if empty:
+            raise RunnerError(f"no training images left for class{'es' * (len(empty) > 1)} {', '.join(empty)} after "
+                              "--max-samples / --val-split; use more images, a larger --max-samples or a --val folder")
     names = class_names(train, classes)
     identity = {"class_names": names, "data_fingerprint": fingerprint(args.data),
-                "val_fingerprint": fingerprint(args.val) if args.val else None, "manifest_sha256": manifest["sha256"]}
+                "val_fingerprint": fingerprint(args.val) if args.val else None, "manifest_sha256": manifest["sha256"],
+                "manifest_file_sha256": sha256_file(folder / "manifest.json")}
     out = Path(args.out)
     _prepare_run_dir(out, args)
     if args.resume:

@@ -23,6 +23,9 @@ MAX_PIXELS = 400_000_000
 # least DRAFT_SIDE_FACTOR x the model's resolution on the short side), so a huge photo costs a few MB, not GBs.
 # Below it the full image is decoded (12 MP: 36 MB, one image at a time), as the JavaScript runner does.
 DRAFT_PIXELS = 16_000_000
+# Formats without reduced-scale decoding (PNG, TIFF, ...) are decoded whole: about 14 bytes per pixel at the
+# peak (decode + conversion + resize), so 100 MP costs ~1.4 GB; above it the file is reported, not decoded.
+MAX_PIXELS_UNDRAFTED = 100_000_000
 DRAFT_SIDE_FACTOR = 4
 
 
@@ -111,6 +114,10 @@ def decode(path: Path, resolution: int | None = None) -> np.ndarray:
             if w * h > MAX_PIXELS:
                 raise RunnerError(f"cannot decode image {path}: {w} x {h} px is above the {MAX_PIXELS // 10**6} MP "
                                   "limit; downscale it")
+            if im.format != "JPEG" and w * h > MAX_PIXELS_UNDRAFTED:
+                raise RunnerError(f"cannot decode image {path}: {w} x {h} px {im.format} is above the "
+                                  f"{MAX_PIXELS_UNDRAFTED // 10**6} MP limit for formats decoded whole; downscale it "
+                                  "or save it as JPEG")
             if im.format == "JPEG" and resolution and w * h > DRAFT_PIXELS:
                 side = DRAFT_SIDE_FACTOR * resolution
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (side, side))
@@ -133,11 +140,17 @@ def check_image(path: Path) -> str | None:
                 return f"{w} x {h} px is above the {MAX_PIXELS // 10**6} MP limit"
             if min(w, h) < 8:
                 return f"{w} x {h} px is too small (at least 8 x 8)"
+            if im.format == "PNG" and w * h > MAX_PIXELS_UNDRAFTED:
+                return f"{w} x {h} px is above the {MAX_PIXELS_UNDRAFTED // 10**6} MP limit for PNG"
             if im.format == "JPEG":
                 im.draft("RGB" if im.mode not in ("L", "RGB") else im.mode, (8, 8))
                 im.load()
-            else:
-                im.verify()
+            elif im.format == "PNG":
+                im.verify()  # reads every chunk and checks its CRC: finds truncation without inflating pixels
+            else:  # BMP, GIF, TIFF, WebP, ...: verify() does not read the pixels; decode them (one at a time)
+                if w * h > MAX_PIXELS_UNDRAFTED:
+                    return f"{w} x {h} px is above the {MAX_PIXELS_UNDRAFTED // 10**6} MP limit for {im.format}"
+                im.load()
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files; report, do not crash
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return None
@@ -202,12 +215,19 @@ def _load_npz(path: Path) -> Dataset:
     return Dataset([_as_hwc(im, f"{path}[{i}]") for i, im in enumerate(x)], y.astype(np.int64), str(path))
 
 
+def _nfc_name(p: Path) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFC", p.name)
+
+
 def _load_folder(path: Path, skip_bad: bool = False) -> Dataset:
     """One sub-folder per class, names sorted (code points), label = position. Every file Pillow can open is
     an image (image_suffixes); names starting with '.' (.ipynb_checkpoints, .DS_Store) are not data. Every
     image is checked once up front (check_image): all bad files are reported at once, or skipped and counted
     with `skip_bad`. A class left without images is an error naming it."""
-    dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    # names in Unicode NFC: a folder copied from macOS (NFD) is the same class as one typed elsewhere
+    dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_nfc_name)
     if not dirs:
         raise RunnerError(f"{path} has no class sub-folders (expected one folder of images per class)")
     if len(dirs) < 2:
@@ -221,7 +241,7 @@ def _load_folder(path: Path, skip_bad: bool = False) -> Dataset:
         unreadable = [(f, why) for f in files if (why := check_image(f))]
         bad += unreadable
         if others or unreadable:
-            skipped[folder.name] = {"not images": others, "unreadable": [str(f) for f, _ in unreadable]}
+            skipped[_nfc_name(folder)] = {"not images": others, "unreadable": [str(f) for f, _ in unreadable]}
         good = [f for f in files if f not in {u for u, _ in unreadable}]
         if not good and not (unreadable and not skip_bad):
             what = f" ({others} other file{'s' * (others != 1)})" if others else ""
@@ -232,7 +252,7 @@ def _load_folder(path: Path, skip_bad: bool = False) -> Dataset:
         shown = "; ".join(f"{f} ({why})" for f, why in bad[:3])
         raise RunnerError(f"{len(bad)} image file{'s' * (len(bad) > 1)} in {path} cannot be decoded: {shown}"
                           f"{'; ...' if len(bad) > 3 else ''}; fix or remove them, or pass --skip-bad-images")
-    return Dataset(images, np.asarray(labels, np.int64), str(path), [d.name for d in dirs], skipped)
+    return Dataset(images, np.asarray(labels, np.int64), str(path), [_nfc_name(d) for d in dirs], skipped)
 
 
 def load_dataset(spec: str, num_classes: int, max_samples: int | None = None, seed: int = 0,
@@ -270,13 +290,16 @@ def fingerprint(spec: str) -> str:
 
     h = hashlib.sha256()
     path = Path(spec)
-    if path.is_dir():
-        for root, dirs, files in sorted(os.walk(path)):
-            dirs.sort()
-            for name in sorted(files):
-                st = os.stat(os.path.join(root, name))
-                h.update(f"{os.path.relpath(os.path.join(root, name), path)}\t{st.st_size}\t{st.st_mtime_ns}\n"
-                         .encode())
+    if path.is_dir():  # symlinked class folders are followed (they are read); hidden names are not data
+        for root, dirs, files in os.walk(path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                file = os.path.join(root, name)
+                try:
+                    st = os.stat(file)
+                except OSError:  # a broken link: not an image either
+                    continue
+                h.update(f"{os.path.relpath(file, path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     else:
         st = path.stat()
         h.update(f"{st.st_size}\t{st.st_mtime_ns}\n".encode())

@@ -210,3 +210,16 @@ def test_another_architecture_names_missing_and_unexpected_counts(tmp_path):
     with pytest.raises(WeightsError, match=r"1 missing key \('features\.1\.conv\.0\.0\.weight'\) and 1 unexpected key "
                                            r"\('extra\.weight'\)"):
         create_model("mbv2", num_classes=4, weights=str(tmp_path / "w.pth"))
+
+
+def test_checkpoint_with_metadata_next_to_the_state_dict(tmp_path):
+    """PyTorch's ImageNet-example checkpoint: state_dict with epoch, arch, a tensor metric, numpy scalars and the
+    argparse Namespace of the run (allowlisted for weights_only loading, no code runs)."""
+    import argparse
+
+    src = create_model("mbv2", num_classes=4, seed=2).state_dict()
+    torch.save({"epoch": 90, "arch": "mobilenet_v2", "state_dict": {"module." + k: v for k, v in src.items()},
+                "best_acc1": torch.tensor(71.9), "best_acc": np.float64(0.7), "args": argparse.Namespace(lr=0.1),
+                "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "ckpt.pth.tar")
+    loaded = create_model("mbv2", num_classes=4, weights=str(tmp_path / "ckpt.pth.tar")).state_dict()
+    assert all(torch.equal(loaded[k], src[k]) for k in src)

@@ -290,3 +290,81 @@ def test_damaged_checkpoint_falls_back_and_resume_always_continues(damage, artif
     a, b = ([json.loads(s) for s in (r / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in s][-1]
             for r in (out, whole))
     assert a["step"] == b["step"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+# -- found by a new user ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["memory-then-disk", "disk-file-lost"])
+def test_resume_never_reads_features_a_recreated_disk_cache_lacks(how, artifacts, tmp_path, capsys):
+    data = folder(tmp_path / "d", per_class=4)
+    common = ["--artifacts", str(artifacts), "--data", str(data), "--epochs", "3", "--batch-size", "4",
+              "--checkpoint-every", "2"]
+    assert run(common + ["--out", str(tmp_path / "whole")], capsys)[0] == 0
+    first = ["--cache-mb", "0"] if how == "disk-file-lost" else []
+    assert run(common + first + ["--out", str(tmp_path / "r"), "--max-steps", "7"], capsys)[0] == 0
+    if how == "disk-file-lost":
+        (tmp_path / "r" / "features.cache").unlink()
+    code, _, err = run(common + ["--cache-mb", "0", "--out", str(tmp_path / "r"), "--resume"], capsys)
+    assert code == 0, err
+    a, b = ([json.loads(s) for s in (r / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in s][-1]
+            for r in (tmp_path / "r", tmp_path / "whole"))
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5) and a["train_acc"] == b["train_acc"]
+
+
+def test_symlinked_class_folder_changes_are_seen_by_resume(artifacts, tmp_path, capsys):
+    real = folder(tmp_path / "real")
+    data = tmp_path / "d"
+    data.mkdir()
+    for c in CLASSES:
+        (data / c).symlink_to(real / c, target_is_directory=True)
+    (data / "cat" / "broken.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: not an image, no crash
+    args = ["--artifacts", str(artifacts), "--data", str(data), "--epochs", "2", "--out", str(tmp_path / "r")]
+    code, _, err = run(args + ["--max-steps", "2"], capsys)
+    assert code == 0, err
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(real / "dog" / "00.png")
+    assert "files of --data changed" in one_line_error(*run(args + ["--resume"], capsys)[::2])
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".gif", ".tif", ".webp", ".png"])
+def test_truncated_files_of_every_format_are_found_up_front(suffix, tmp_path):
+    data = folder(tmp_path / "d", per_class=2)
+    f = data / "dog" / f"cut{suffix}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(f)
+    blob = f.read_bytes()
+    f.write_bytes(blob[:len(blob) * 6 // 10])
+    with pytest.raises(RunnerError, match=rf"1 image file in .* cannot be decoded: .*cut\{suffix}"):
+        load_dataset(str(data), 3)
+    d = load_dataset(str(data), 3, skip_bad=True)
+    assert len(d) == 6 and d.skipped["dog"]["unreadable"] == [str(f)]
+    for i in range(len(d)):  # every image left decodes
+        d.image(i)
+
+
+def test_class_names_are_unicode_normalised(tmp_path):
+    import unicodedata
+
+    nfd, nfc = unicodedata.normalize("NFD", "Café crème"), "Café crème"
+    train = load_dataset(str(folder(tmp_path / "t", classes=["cat", "dog"], per_class=1) ), 2)
+    (tmp_path / "t" / "dog").rename(tmp_path / "t" / nfd)
+    val_root = folder(tmp_path / "v", classes=["cat"], per_class=1)
+    shutil.copytree(val_root / "cat", val_root / nfc)
+    train, val = load_dataset(str(tmp_path / "t"), 2), load_dataset(str(val_root), 2)
+    assign_classes(train, val, 2, False, "t")
+    assert train.classes == ["Café crème", "cat"] and val.labels.tolist() == [0, 1]
+
+
+def test_a_class_without_training_images_after_subsetting_is_refused(artifacts, tmp_path, capsys):
+    data = folder(tmp_path / "d", per_class=1)
+    args = ["--artifacts", str(artifacts), "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r"),
+            "--max-samples", "2"]
+    assert "no training images left for class" in one_line_error(*run(args, capsys)[::2])
+
+
+def test_resume_refuses_an_edited_manifest(artifacts, tmp_path, capsys):
+    data, art = folder(tmp_path / "d"), tmp_path / "art"
+    shutil.copytree(artifacts, art)
+    args = ["--artifacts", str(art), "--data", str(data), "--epochs", "2", "--out", str(tmp_path / "r")]
+    assert run(args + ["--max-steps", "2"], capsys)[0] == 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["optimizer"]["lr"] = 0.01  # the default learning rate lives only in the manifest
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    assert "not the ones run" in one_line_error(*run(args + ["--resume"], capsys)[::2])

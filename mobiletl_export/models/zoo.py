@@ -94,6 +94,24 @@ CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", 
 OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 
+def _harmless_globals() -> list:
+    """Objects training scripts store next to the state_dict that unpickle without running code of the file:
+    argparse.Namespace (`args`), numpy scalars and dtypes (`best_acc`), as torch's documentation suggests
+    allowlisting for weights_only loading."""
+    import argparse
+
+    import numpy as np
+
+    allowed = [argparse.Namespace, np.dtype, np.ndarray]
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    allowed += [scalar, _reconstruct]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return allowed
+
+
 def _read_state(path: str) -> dict:
     """The tensors of a weights file: safetensors, or a torch.save'd state_dict (weights_only: no code runs)."""
     import pickle
@@ -113,7 +131,8 @@ def _read_state(path: str) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"cannot read safetensors weights file {path}: {str(exc).splitlines()[0]}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_harmless_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch colours parts of this message
         classes = re.findall(r"GLOBAL ([\w.]+)", text)
@@ -131,11 +150,12 @@ def _read_state(path: str) -> dict:
 def _unwrap(state, own: dict, path: str) -> dict:
     """The state_dict inside a checkpoint container, with wrapper prefixes removed when that makes keys match."""
     for _ in range(3):  # {"model": {"state_dict": ...}} nests at most a few levels
-        if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-            inner = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict)), None)
-            if inner is None:
-                break
-            state = inner
+        inner = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state, dict) and isinstance(state.get(k), dict)
+                      and any(isinstance(v, torch.Tensor) for v in state[k].values())), None) \
+            if isinstance(state, dict) and not (state.keys() & own.keys()) else None
+        if inner is None:
+            break
+        state = inner
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         kind = type(state).__name__
         raise WeightsError(f"weights file {path} does not hold a state_dict (found a {kind}; expected tensors by "

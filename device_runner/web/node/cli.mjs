@@ -114,11 +114,13 @@ function loadCheckpoint(out) {
 /** sha256 over every file's relative path, size and modification time under `root` (what --resume compares). */
 export function fingerprint(root) {
   const h = crypto.createHash('sha256');
-  const walk = (dir) => {
-    for (const e of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else { const st = fs.statSync(p, { bigint: true }); h.update(`${path.relative(root, p)}\t${st.size}\t${st.mtimeNs}\n`); }
+  const walk = (dir) => { // follows symlinks (they are read); hidden names and broken links are not data
+    for (const name of fs.readdirSync(dir).filter((n) => !n.startsWith('.')).sort()) {
+      const p = path.join(dir, name);
+      let st;
+      try { st = fs.statSync(p, { bigint: true }); } catch { continue; }
+      if (st.isDirectory()) walk(p);
+      else h.update(`${path.relative(root, p)}\t${st.size}\t${st.mtimeNs}\n`);
     }
   };
   walk(root);

@@ -51,13 +51,16 @@ export function loadFolder(root, numClasses) {
   }
   const isDir = (p) => { try { return fs.statSync(p).isDirectory(); } catch { return false; } }; // follows symlinks
   const isFile = (p) => { try { return fs.statSync(p).isFile(); } catch { return false; } };
-  const classes = entries.filter((e) => !e.name.startsWith('.') && isDir(path.join(root, e.name))).map((e) => e.name).sort(byCodePoint);
+  // folder names as found; class names in Unicode NFC (a folder copied from macOS is NFD)
+  const folders = entries.filter((e) => !e.name.startsWith('.') && isDir(path.join(root, e.name))).map((e) => e.name)
+    .sort((a, b) => byCodePoint(a.normalize('NFC'), b.normalize('NFC')));
+  const classes = folders.map((f) => f.normalize('NFC'));
   if (!classes.length) throw new RunnerError(`${root} has no class sub-folders (expected one folder of images per class)`);
   if (classes.length < 2) throw new RunnerError(`${root} has ${classes.length} class folder${classes.length ? ` (${classes[0]})` : ''}; a classifier needs at least 2`);
   if (classes.length > numClasses) throw new RunnerError(`${root} has ${classes.length} classes (${classes.join(', ')}) but the export has ${numClasses} outputs; export with --num-classes ${classes.length}`);
   const files = [], labels = [];
-  classes.forEach((name, label) => {
-    const dir = path.join(root, name);
+  folders.forEach((folderName, label) => {
+    const dir = path.join(root, folderName);
     const names = fs.readdirSync(dir).filter((f) => !f.startsWith('.') && IMAGE_SUFFIXES.has(path.extname(f).toLowerCase()) && isFile(path.join(dir, f))).sort(byCodePoint);
     if (!names.length) throw new RunnerError(`class folder ${dir} has no images (${[...IMAGE_SUFFIXES].join(' ')}): add images or remove the folder`);
     for (const f of names) { files.push(path.join(dir, f)); labels.push(label); }
