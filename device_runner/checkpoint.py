@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import RunnerError
+from .manifest import sha256_file
 
 NAME = "checkpoint"
 
@@ -30,16 +31,6 @@ def _fsync(path: Path) -> None:
 HASHES = "hashes.json"  # sha256 of every other file of the checkpoint, written last
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(run: Path, trainer, state: dict, cache_index: np.ndarray) -> None:
     """Write RUN/checkpoint/ as a whole: a temporary folder with the trainer's file, state.json, the cache
     index and hashes.json (their sha256), fsynced, then renamed into place. The previous checkpoint stays as
@@ -51,7 +42,7 @@ def save(run: Path, trainer, state: dict, cache_index: np.ndarray) -> None:
     trainer.save(tmp / trainer.CHECKPOINT)
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     np.save(tmp / "cache_index.npy", cache_index)
-    (tmp / HASHES).write_text(json.dumps({f.name: _sha256(f) for f in sorted(tmp.iterdir())}, indent=1))
+    (tmp / HASHES).write_text(json.dumps({f.name: sha256_file(f) for f in sorted(tmp.iterdir())}, indent=1))
     for f in tmp.iterdir():
         _fsync(f)
     _fsync(tmp)
@@ -74,7 +65,7 @@ def _verify(folder: Path, file: str) -> str | None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return f"{HASHES} is damaged"
         for name, digest in expected.items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 return f"{name} does not match its hash (truncated or changed)"
     try:
         json.loads((folder / "state.json").read_text())
