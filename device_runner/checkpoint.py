@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import RunnerError
 from .manifest import sha256_file
 
 NAME = "checkpoint"
