@@ -373,10 +373,12 @@ def test_page_trains_like_the_node_runner(artifacts, tmp_path):
             assert p[key] == pytest.approx(j[key], rel=1e-5, abs=1e-7), key
 
 
-@pytest.mark.parametrize("case", ["corrupt-export", "undecodable", "empty-class", "too-many-classes"])
+@pytest.mark.parametrize("case", ["corrupt-export", "undecodable", "empty-class", "too-many-classes",
+                                  "split-empties-a-class"])
 def test_page_bad_inputs_one_message(case, artifacts, tmp_path):
     data = image_folder(tmp_path / "data", per_class=3)
     export_dir, classes = artifacts, _page_classes(data)
+    settings = {"epochs": 1}
     if case == "corrupt-export":
         export_dir = _copy_export(artifacts, tmp_path / "art")
         blob = bytearray((export_dir / "eval_step.onnx").read_bytes())
@@ -390,12 +392,16 @@ def test_page_bad_inputs_one_message(case, artifacts, tmp_path):
     elif case == "empty-class":
         classes[2][1] = []
         expect = "no photos in class 'fox'"
-    else:
+    elif case == "too-many-classes":
         classes += [[f"extra{i}", classes[0][1]] for i in range(2)]
         expect = "this export has 5 outputs, but there are 6 classes"
+    else:
+        classes = [[name, files[:1]] for name, files in classes]
+        settings["val-split"] = 0.5
+        expect = "no training images left for"
     proc, url = _serve(export_dir)
     try:
-        page = _drive_page({"url": url + "?sw=0", "classes": classes, "settings": {"epochs": 1}}, tmp_path)
+        page = _drive_page({"url": url + "?sw=0", "classes": classes, "settings": settings}, tmp_path)
     finally:
         proc.terminate()
     assert page["state"] == "error"

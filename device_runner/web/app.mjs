@@ -4,7 +4,7 @@
 // For tests and benchmarks the page publishes its progress in `window.mobiletl` ({state, steps, epochs, error}).
 import * as ortModule from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import {
-  RunnerError, loadExport, Run, splitDataset, joinedModel, toInput, argmax,
+  RunnerError, loadExport, Run, splitDataset, joinedModel, toInput, argmax, checkEveryClassTrains,
 } from './src/index.mjs';
 
 const ort = ortModule.default ?? ortModule;
@@ -203,6 +203,7 @@ $('#train').addEventListener('click', async () => {
     const data = await collectData();
     const valSplit = numberField('#val-split') ?? 0;
     const [train, val] = valSplit > 0 ? splitDataset(data, valSplit, 0) : [data, null];
+    checkEveryClassTrains(train);
     makeCharts();
     $('#train-status').textContent = 'Preparing the model…';
     page.run = await Run.create({

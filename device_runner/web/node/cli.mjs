@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { RunnerError } from '../src/errors.mjs';
 import { loadExport } from '../src/manifest.mjs';
 import { Run, SHUFFLE } from '../src/run.mjs';
-import { splitDataset } from '../src/data.mjs';
+import { checkEveryClassTrains, splitDataset } from '../src/data.mjs';
 import { joinedModel } from '../src/onnx.mjs';
 import { findBadImages, loadFolder, withoutFiles } from './images.mjs';
 
@@ -226,6 +226,7 @@ export async function main(argv) {
     }
     process.stderr.write(`skipped ${bad.length} unreadable image${bad.length > 1 ? 's' : ''}\n`);
   }
+  checkEveryClassTrains(train);
   const out = args.out;
   prepareRunDir(out, args);
   const classNames = [...train.classes, ...Array.from({ length: K - train.classes.length }, (_, i) => String(train.classes.length + i))];

@@ -22,3 +22,13 @@ export function splitDataset(data, fraction, seed) {
   const sorted = (a) => Array.from(a).sort((x, y) => x - y);
   return [subset(data, sorted(order.subarray(nVal))), subset(data, sorted(order.subarray(0, nVal)))];
 }
+
+/** Every class keeps at least one training image (a split can take a small class's only photos). */
+export function checkEveryClassTrains(train) {
+  const counts = new Array(train.classes.length).fill(0);
+  for (const y of train.labels) counts[y] += 1;
+  const empty = train.classes.filter((c, i) => counts[i] === 0);
+  if (empty.length) {
+    throw new RunnerError(`no training images left for ${empty.map((c) => `'${c}'`).join(', ')} after the validation split; add photos or lower the validation fraction`);
+  }
+}

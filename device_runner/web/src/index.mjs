@@ -7,4 +7,4 @@ export { permutation, PCG32, EPOCH, SPLIT, SUBSET } from './order.mjs';
 export { resizeBilinear, toInput } from './preprocess.mjs';
 export { parse as parseSafetensors, serialize as serializeSafetensors } from './safetensors.mjs';
 export { joinedModel, classNamesMetadata } from './onnx.mjs';
-export { splitDataset, subset } from './data.mjs';
+export { splitDataset, subset, checkEveryClassTrains } from './data.mjs';
