@@ -203,6 +203,8 @@ def _run(args) -> int:
     try:
         from .ort import onnxruntime
 
+        run.check_backbone()
+
         print(f"training {manifest['model']} top-{manifest['top_k']} ({manifest['method']}) on {len(train)} samples, "
               f"validating on {len(val)}; feature cache: {run.cache.kind}; backend {args.backend} "
               f"(onnxruntime {onnxruntime.__version__})", file=sys.stderr)

@@ -53,6 +53,23 @@ class RunConfig:
     backend: str = "portable"
 
 
+# Below this spread of the backbone's features across images (mean over feature elements of the standard
+# deviation over samples), the frozen layers map every image to the same point: a randomly initialised
+# MobileNet with default BatchNorm statistics gives ~1e-7, a trained one ~1 (EfficientNet-Lite0 ImageNet: 5.8).
+DEAD_FEATURE_SPREAD = 1e-4
+
+
+def check_features(features: np.ndarray) -> None:
+    """Refuse features that do not depend on the image (float32 [N >= 2, C, H, W] of N different images)."""
+    spread = float(features.reshape(len(features), -1).std(axis=0).mean())
+    if not np.isfinite(features).all():
+        raise RunnerError("the backbone gives NaN or infinite features: the export's frozen weights are broken")
+    if spread < DEAD_FEATURE_SPREAD:
+        raise RunnerError(f"the backbone gives (almost) the same features for every image (spread {spread:.1e} across "
+                          "images): its frozen layers are untrained, so nothing can be learnt; export with --weights "
+                          "FILE (a trained state_dict)")
+
+
 def learning_rate(base: float, schedule: str, step: int, total: int) -> float:
     if schedule == "constant" or total <= 1:
         return base
@@ -94,6 +111,7 @@ class Run:
         self.cache = FeatureCache(len(train), self.feature_shape, cfg.cache_mb, run_dir, "features", cfg.cache)
         self.val_cache = FeatureCache(len(val), self.feature_shape, cfg.cache_mb, run_dir, "val_features",
                                       cfg.cache) if val is not None else None
+        self.features_checked = False  # check_features on the first backbone batch of >= 2 images
         self.lr = cfg.lr if cfg.lr is not None else manifest["optimizer"]["lr"]
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -115,14 +133,25 @@ class Run:
         self.metrics = open(run_dir / "metrics.jsonl", "a")
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def features(self, data: Dataset, cache: FeatureCache, index: np.ndarray) -> np.ndarray:
-        def compute(idx):  # one full-size decoded image at a time (photos can be 12 MP)
-            x = np.empty((len(idx), 3, self.resolution, self.resolution), np.float32)
-            for k, i in enumerate(idx):
-                x[k] = preprocess([data.image(i)], self.resolution, self.norm["mean"], self.norm["std"])[0]
-            return self.backbone(x)
+    def _compute(self, data: Dataset, idx: np.ndarray) -> np.ndarray:
+        """Backbone features of samples `idx`: one full-size decoded image at a time (photos can be 12 MP)."""
+        x = np.empty((len(idx), 3, self.resolution, self.resolution), np.float32)
+        for k, i in enumerate(idx):
+            x[k] = preprocess([data.image(i)], self.resolution, self.norm["mean"], self.norm["std"])[0]
+        features = self.backbone(x)
+        if not self.features_checked and len(idx) >= 2:
+            check_features(features)
+            self.features_checked = True
+        return features
 
-        return cache.get(index, compute)
+    def features(self, data: Dataset, cache: FeatureCache, index: np.ndarray) -> np.ndarray:
+        return cache.get(index, lambda idx: self._compute(data, idx))
+
+    def check_backbone(self) -> None:
+        """Compute (and cache) the features of the first training images and refuse a dead backbone
+        (check_features) before anything is trained or printed."""
+        if len(self.train_data) >= 2 and not self.features_checked:  # outside the cache: its counts stay true
+            self._compute(self.train_data, np.arange(min(len(self.train_data), 8)))
 
     def log(self, record: dict) -> None:
         self.metrics.write(json.dumps(record) + "\n")

@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}")
     print(f"model {m['model']}, {m['method']}, top-{m['top_k']} of {m['num_blocks']} IRBs, "
           f"{m['num_classes']} classes, {m['resolution']} px; {m['weights']}")
+    if "random init" in m["weights"]:
+        print(f"mobiletl-export: WARNING: the frozen layers of this export are untrained ({m['weights']}): every "
+              "image gives nearly the same features, so training will not learn (mobiletl-train refuses such "
+              "features). For real use pass --weights FILE, a trained state_dict of the model.", file=sys.stderr)
     print(f"trainable parameters: {m['trainable_parameter_count']:,} in {len(m['trainable'])} tensors; "
           f"frozen region tensors: {len(m['frozen'])}")
     if stored is None:

@@ -368,3 +368,35 @@ def test_resume_refuses_an_edited_manifest(artifacts, tmp_path, capsys):
     manifest["optimizer"]["lr"] = 0.01  # the default learning rate lives only in the manifest
     (art / "manifest.json").write_text(json.dumps(manifest))
     assert "not the ones run" in one_line_error(*run(args + ["--resume"], capsys)[::2])
+
+
+# -- issue 12, item 3: no silent training of a useless backbone ------------------------------------------------------
+@pytest.fixture(scope="module")
+def dead_export(tmp_path_factory):
+    """mbv3-small as `mobiletl-export` writes it without weights: random init, default BN statistics."""
+    out = tmp_path_factory.mktemp("dead") / "mbv3s"
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "mobiletl-export"), "--model", "mbv3-small", "--top-k", "2",
+                           "--num-classes", "3", "--resolution", "32", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out, done.stderr
+
+
+def test_exporter_warns_about_untrained_frozen_layers(dead_export):
+    _, err = dead_export
+    assert "WARNING: the frozen layers of this export are untrained" in err and "--weights FILE" in err
+
+
+@pytest.mark.parametrize("runner", ["python", "node"])
+def test_runners_refuse_features_that_ignore_the_image(runner, dead_export, artifacts, tmp_path, capsys):
+    data = folder(tmp_path / "d")
+    args = ["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "r")]
+    if runner == "python":
+        line = one_line_error(*run(["--artifacts", str(dead_export[0])] + args, capsys)[::2])
+        assert run(["--artifacts", str(artifacts)] + args[:-1] + [str(tmp_path / "ok")], capsys)[0] == 0  # alive
+    else:
+        done = subprocess.run(["node", str(ROOT / "device_runner" / "web" / "node" / "cli.mjs"), "--artifacts",
+                               str(dead_export[0]), *args, "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+    assert "same features for every image" in line and "--weights FILE" in line

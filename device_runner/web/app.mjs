@@ -229,6 +229,7 @@ $('#train').addEventListener('click', async () => {
     });
     $('#train-status').textContent = `Computing features of ${data.length} photos…`;
     updateButtons();
+    await page.run.checkBackbone();
     const last = await page.run.run();
     page.trainedClasses = [...data.classes];
     page.classNames = [...data.classes, ...Array.from({ length: page.exported.manifest.num_classes - data.classes.length }, (_, i) => String(data.classes.length + i))];

@@ -268,6 +268,7 @@ export async function main(argv) {
   let interrupted = false;
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  await run.checkBackbone();
   process.stderr.write(`training ${exported.manifest.model} top-${exported.manifest.top_k} (${exported.manifest.method}) on ${train.length} images of ${train.classes.length} classes, validating on ${val.length}; onnxruntime-${args.backend}\n`);
   const last = await run.run();
   bar?.stop();

@@ -14,6 +14,28 @@ import { PortableTrainer, createSession, sessionOptions } from './trainer.mjs';
 
 export const SHUFFLE = 'pcg32 fisher-yates(seed + epoch, stream 0)'; // as device_runner/train.py
 
+/** Below this spread of the features across images the frozen layers are untrained (device_runner/train.py). */
+export const DEAD_FEATURE_SPREAD = 1e-4;
+
+/** Refuse features that do not depend on the image: mean over elements of the std over the n samples. */
+export function checkFeatures(features, n) {
+  const size = features.length / n;
+  let total = 0;
+  for (let j = 0; j < size; j++) {
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += features[i * size + j];
+    mean /= n;
+    let v = 0;
+    for (let i = 0; i < n; i++) { const d = features[i * size + j] - mean; v += d * d; }
+    total += Math.sqrt(v / n);
+  }
+  const spread = total / size;
+  if (!Number.isFinite(spread)) throw new RunnerError('the backbone gives NaN or infinite features: the export\'s frozen weights are broken');
+  if (spread < DEAD_FEATURE_SPREAD) {
+    throw new RunnerError(`the backbone gives (almost) the same features for every image (spread ${spread.toExponential(1)} across images): its frozen layers are untrained, so nothing can be learnt; export with --weights FILE (a trained state_dict)`);
+  }
+}
+
 /** Learning rate of step `step` of `total` (cosine | linear | constant), as device_runner/train.py. */
 export function learningRate(base, schedule, step, total) {
   if (schedule === 'constant' || total <= 1) return base;
@@ -105,18 +127,29 @@ export class Run {
   stop() { this.stopping = true; }
 
   async features(data, cache, index) {
+    return cache.get(index, (idx) => this.computeFeatures(data, idx));
+  }
+
+  /** Backbone features of samples `idx` (one full-size decode at a time); the first batch is checked. */
+  async computeFeatures(data, idx) {
     const m = this.manifest;
     const inName = Object.keys(m.inputs.backbone)[0], outName = Object.keys(m.outputs.backbone)[0];
-    return cache.get(index, async (idx) => {
-      const R = m.resolution, images = [];
-      for (const i of idx) { // one full-size decode at a time: only R x R pixels are kept per image
-        const im = await data.image(i);
-        images.push({ data: resizeBilinear(im.data, im.width, im.height, im.channels, R, R), width: R, height: R, channels: im.channels });
-      }
-      const x = toInput(images, R, m.normalization.mean, m.normalization.std);
-      const r = await this.backbone.run({ [inName]: new this.o.ort.Tensor('float32', x, [idx.length, 3, m.resolution, m.resolution]) });
-      return r[outName].data;
-    });
+    const R = m.resolution, images = [];
+    for (const i of idx) { // one full-size decode at a time: only R x R pixels are kept per image
+      const im = await data.image(i);
+      images.push({ data: resizeBilinear(im.data, im.width, im.height, im.channels, R, R), width: R, height: R, channels: im.channels });
+    }
+    const x = toInput(images, R, m.normalization.mean, m.normalization.std);
+    const r = await this.backbone.run({ [inName]: new this.o.ort.Tensor('float32', x, [idx.length, 3, m.resolution, m.resolution]) });
+    const features = r[outName].data;
+    if (!this.featuresChecked && idx.length >= 2) { checkFeatures(features, idx.length); this.featuresChecked = true; }
+    return features;
+  }
+
+  /** Features of the first training images (cached), refusing a dead backbone before anything is trained. */
+  async checkBackbone() {
+    const n = Math.min(this.trainData.length, 8);
+    if (n >= 2 && !this.featuresChecked) await this.computeFeatures(this.trainData, Array.from({ length: n }, (_, i) => i)); // outside the cache: its counts stay true
   }
 
   /** {val_loss, val_acc} of the eval model on the validation set, or {} without one. */
