@@ -366,14 +366,41 @@ def split(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
 
 
-def preprocess(images: list[np.ndarray], resolution: int, mean, std) -> np.ndarray:
-    """uint8 H x W x C images (C 1 or 3) -> float32 [N, 3, R, R]: resized to R x R (resize.py: Pillow's
-    BILINEAR, bit-exact in every runner), grey broadcast to RGB, then (x / 255 - mean) / std in float32."""
+SQUASH = {"resize": "squash"}  # exports written before `preprocess` was recorded
+
+
+def fit(im: np.ndarray, resolution: int, spec: dict | None = None) -> np.ndarray:
+    """uint8 H x W x C -> R x R x C as the manifest's `preprocess` says (resize.py's bilinear in both cases).
+
+    shorter-side: torchvision's Resize(S) + CenterCrop(R) with S = floor(R / crop_fraction): the shorter side
+    becomes S, the longer int(S * long / short); the crop starts at round((size - R) / 2) (Python's round, half to
+    even). squash: straight to R x R, the aspect ratio ignored."""
+    spec = spec or SQUASH
     from .resize import resize_bilinear
 
+    if spec.get("resize") == "squash":
+        return resize_bilinear(im, resolution, resolution)
+    if spec.get("resize") != "shorter-side":
+        raise RunnerError(f"unknown preprocess {spec!r} in the manifest (this runner knows shorter-side and squash)")
+    import math
+
+    size = math.floor(resolution / float(spec["crop_fraction"]))
+    h, w = im.shape[:2]
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    out = resize_bilinear(im, nw, nh)
+    top, left = int(round((nh - resolution) / 2.0)), int(round((nw - resolution) / 2.0))
+    return out[top:top + resolution, left:left + resolution]
+
+
+def preprocess(images: list[np.ndarray], resolution: int, mean, std, spec: dict | None = None) -> np.ndarray:
+    """uint8 H x W x C images (C 1 or 3) -> float32 [N, 3, R, R]: fitted to R x R (`fit`, the manifest's
+    `preprocess`; default squash), grey broadcast to RGB, then (x / 255 - mean) / std in float32."""
     out = np.empty((len(images), 3, resolution, resolution), np.float32)
     for i, im in enumerate(images):
-        im = resize_bilinear(im, resolution, resolution)
+        im = fit(im, resolution, spec)
         out[i] = np.broadcast_to(im, (resolution, resolution, 3)).transpose(2, 0, 1)
     out /= 255.0
     out -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)

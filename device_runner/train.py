@@ -137,7 +137,8 @@ class Run:
         """Backbone features of samples `idx`: one full-size decoded image at a time (photos can be 12 MP)."""
         x = np.empty((len(idx), 3, self.resolution, self.resolution), np.float32)
         for k, i in enumerate(idx):
-            x[k] = preprocess([data.image(i)], self.resolution, self.norm["mean"], self.norm["std"])[0]
+            x[k] = preprocess([data.image(i)], self.resolution, self.norm["mean"], self.norm["std"],
+                              self.manifest.get("preprocess"))[0]
         features = self.backbone(x)
         if not self.features_checked and len(idx) >= 2:
             check_features(features)

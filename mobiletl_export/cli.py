@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
                    help="state_dict file, 'random', or 'default' (ImageNet weights where the project has them "
                         "offline — efficientnet-lite0 — else seeded random init)")
     p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--preprocess", choices=("crop", "squash"), default="crop",
+                   help="how runners fit an image to R x R: crop (default; shorter side to R / 0.875, centre crop, "
+                        "as the ImageNet weights were evaluated) or squash (resize to R x R, aspect ignored)")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=None,
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.weight_decay is None:
         args.weight_decay = 0.01
     cfg = ExportConfig(model=args.model, top_k=args.top_k if args.top_k is not None else 0, method=args.method, num_classes=args.num_classes,
-                       weights=args.weights, resolution=args.resolution, optimizer=args.optimizer, lr=args.lr,
+                       weights=args.weights, resolution=args.resolution, preprocess=args.preprocess, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
                        width_mult=args.width_mult, out=args.out, force=args.force, target=args.target,
                        ort_format=args.ort_format)

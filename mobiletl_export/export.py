@@ -47,6 +47,18 @@ FILES = {
 }
 
 
+CROP_FRACTION = 0.875  # torchvision's ImageNet evaluation: Resize(256) + CenterCrop(224); timm's crop_pct
+
+
+def preprocess_spec(name: str) -> dict:
+    """The manifest's `preprocess`: how runners turn an image of any shape into R x R (docs/MANIFEST.md)."""
+    if name == "crop":
+        return {"resize": "shorter-side", "crop_fraction": CROP_FRACTION}
+    if name == "squash":
+        return {"resize": "squash"}
+    raise ValueError(f"unknown --preprocess {name!r}; choose crop or squash")
+
+
 @dataclass
 class ExportConfig:
     model: str
@@ -65,6 +77,7 @@ class ExportConfig:
     force: bool = False
     target: str = "generic"  # generic (any ORT) | x86-avx2 | x86-avx512 | host (emit/nchwc.py)
     ort_format: bool = False  # also write .ort files of the ORT-training models (ORT's minimal/mobile builds)
+    preprocess: str = "crop"  # crop: shorter side to R / 0.875, centre crop R (torchvision eval) | squash: R x R
 
     def out_dir(self) -> Path:
         return Path(self.out or f"artifacts/{self.model}-top{self.top_k}-{self.method}")
@@ -187,6 +200,7 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "num_classes": cfg.num_classes,
         "resolution": cfg.resolution,
         "normalization": {"mean": list(norm.mean), "std": list(norm.std), "scale": "rgb / 255, channels RGB"},
+        "preprocess": preprocess_spec(cfg.preprocess),
         "weights": weights_note,
         "optimizer": {"name": cfg.optimizer, "lr": cfg.lr,
                       "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},

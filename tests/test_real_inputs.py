@@ -400,3 +400,36 @@ def test_runners_refuse_features_that_ignore_the_image(runner, dead_export, arti
         assert done.returncode == 2, done.stderr
         line = done.stderr.strip().splitlines()[-1]
     assert "same features for every image" in line and "--weights FILE" in line
+
+
+# -- issue 12, item 4: the preprocessing the weights expect ---------------------------------------------------------
+@pytest.mark.parametrize("shape", [(427, 640), (640, 427), (300, 300)])
+def test_crop_preserves_the_aspect_and_centres(shape):
+    """A disk centred in a non-square photo stays a centred disk (squash makes it an ellipse); the kept region is
+    the central R/0.875 x R/0.875 window of the shorter side, as torchvision's Resize + CenterCrop."""
+    from device_runner.data import fit
+
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    radius = 0.3 * min(h, w)
+    im = np.where(((yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius ** 2)[..., None], 255, 0).astype(np.uint8)
+    R = 64
+    crop = fit(im, R, {"resize": "shorter-side", "crop_fraction": 0.875})[..., 0] > 127
+    rows, cols = np.flatnonzero(crop.any(1)), np.flatnonzero(crop.any(0))
+    assert crop.shape == (R, R)
+    assert abs(len(rows) - len(cols)) <= 1  # round
+    assert abs((rows[0] + rows[-1]) / 2 - (R - 1) / 2) <= 1 and abs((cols[0] + cols[-1]) / 2 - (R - 1) / 2) <= 1
+    expected_diameter = 2 * radius * (R / 0.875) / min(h, w)  # scaled with the shorter side, not cropped away
+    assert abs(len(rows) - expected_diameter) <= 2
+    squash = fit(im, R, {"resize": "squash"})[..., 0] > 127
+    if h != w:
+        assert abs(np.flatnonzero(squash.any(1)).size - np.flatnonzero(squash.any(0)).size) > 3  # an ellipse
+
+
+def test_new_exports_record_the_crop_and_old_ones_squash(artifacts):
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    assert manifest["preprocess"] == {"resize": "shorter-side", "crop_fraction": 0.875}
+    from device_runner.data import SQUASH, fit
+
+    im = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(fit(im, 32), fit(im, 32, SQUASH))  # a manifest without the field

@@ -77,7 +77,7 @@ def test_trains_evaluates_and_exports_joined_model(target, request, tmp_path, ca
     manifest = json.loads((artifacts / "manifest.json").read_text())
     _, val = split(load_dataset(str(data), 4), 0.25, 0)
     x = preprocess([val.image(i) for i in range(len(val))], 32, manifest["normalization"]["mean"],
-                   manifest["normalization"]["std"])
+                   manifest["normalization"]["std"], manifest["preprocess"])
     logits = ort.InferenceSession(str(out / "model.onnx")).run(["logits"], {"image": x})[0]
     assert (logits.argmax(1) == val.labels).mean() == pytest.approx(epochs[-1]["val_acc"])
     assert epochs[-1]["val_acc"] > 0.5  # 4 classes: chance is 0.25

@@ -105,15 +105,18 @@ def test_resize_equals_pillow_and_js():
         np.testing.assert_array_equal(unb64(got, np.uint8), want.reshape(-1))
 
 
-def test_js_input_equals_python_preprocess():
+@pytest.mark.parametrize("spec", [None, {"resize": "squash"}, {"resize": "shorter-side", "crop_fraction": 0.875}])
+def test_js_input_equals_python_preprocess(spec):
     from device_runner.data import preprocess
 
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (h, w, c), dtype=np.uint8) for h, w, c in [(40, 30, 3), (32, 32, 1), (9, 70, 3)]]
+    shapes = [(40, 30, 3), (32, 32, 1), (9, 70, 3), (427, 640, 3), (301, 17, 1), (37, 36, 3)]
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in shapes]
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    js = worker({"op": "input", "resolution": 32, "mean": mean, "std": std,
+    js = worker({"op": "input", "resolution": 32, "mean": mean, "std": std, "spec": spec,
                  "images": [[im.shape[1], im.shape[0], im.shape[2], b64(im)] for im in images]})
-    np.testing.assert_array_equal(unb64(js, np.float32).reshape(3, 3, 32, 32), preprocess(images, 32, mean, std))
+    np.testing.assert_array_equal(unb64(js, np.float32).reshape(len(shapes), 3, 32, 32),
+                                  preprocess(images, 32, mean, std, spec))
 
 
 def test_safetensors_both_ways(tmp_path):

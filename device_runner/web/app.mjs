@@ -4,7 +4,7 @@
 // For tests and benchmarks the page publishes its progress in `window.mobiletl` ({state, steps, epochs, error}).
 import * as ortModule from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import {
-  RunnerError, loadExport, Run, splitDataset, joinedModel, toInput, argmax, checkEveryClassTrains,
+  RunnerError, loadExport, Run, splitDataset, joinedModel, toInput, fit, argmax, checkEveryClassTrains,
 } from './src/index.mjs';
 
 const ort = ortModule.default ?? ortModule;
@@ -258,7 +258,7 @@ async function tryPhoto(file) {
     if (!page.session) throw new RunnerError('train the model first');
     const m = page.exported.manifest;
     const image = await decode(file);
-    const x = toInput([image], m.resolution, m.normalization.mean, m.normalization.std);
+    const x = toInput([fit(image, m.resolution, m.preprocess)], m.resolution, m.normalization.mean, m.normalization.std);
     const out = await page.session.run({ image: new ort.Tensor('float32', x, [1, 3, m.resolution, m.resolution]) });
     const logits = Array.from(out.logits.data).slice(0, page.trainedClasses.length); // the classes it learnt
     const mx = Math.max(...logits), exp = logits.map((v) => Math.exp(v - mx)), sum = exp.reduce((a, b) => a + b, 0);

@@ -92,6 +92,31 @@ export function resizeBilinear(src, w, h, c, ow, oh) {
   return out;
 }
 
+/** Python's round(): half to even. */
+const roundHalfEven = (x) => { const r = Math.round(x); return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r; };
+
+/**
+ * An image fitted to R x R as the manifest's `preprocess` says (device_runner/data.py `fit`): shorter-side =
+ * torchvision's Resize(floor(R / crop_fraction)) + CenterCrop(R); squash = straight to R x R. Exports without
+ * the field are squash.
+ * @param {{data: Uint8Array, width: number, height: number, channels: number}} im
+ * @returns {{data: Uint8Array, width: number, height: number, channels: number}} R x R
+ */
+export function fit(im, resolution, spec) {
+  spec = spec ?? { resize: 'squash' }; // exports without the field
+  const R = resolution, c = im.channels;
+  if (spec.resize === 'squash') return { data: resizeBilinear(im.data, im.width, im.height, c, R, R), width: R, height: R, channels: c };
+  if (spec.resize !== 'shorter-side') throw new Error(`unknown preprocess ${JSON.stringify(spec)} in the manifest`);
+  const size = Math.floor(R / spec.crop_fraction);
+  const { width: w, height: h } = im;
+  const [nw, nh] = w <= h ? [size, Math.trunc(size * h / w)] : [Math.trunc(size * w / h), size];
+  const resized = resizeBilinear(im.data, w, h, c, nw, nh);
+  const top = roundHalfEven((nh - R) / 2), left = roundHalfEven((nw - R) / 2);
+  const out = new Uint8Array(R * R * c);
+  for (let y = 0; y < R; y++) out.set(resized.subarray(((top + y) * nw + left) * c, ((top + y) * nw + left + R) * c), y * R * c);
+  return { data: out, width: R, height: R, channels: c };
+}
+
 /**
  * Normalised model input of decoded images.
  * @param {Array<{data: Uint8Array, width: number, height: number, channels: number}>} images RGB (3) or grey

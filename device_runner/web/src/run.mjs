@@ -9,7 +9,7 @@
  */
 import { RunnerError } from './errors.mjs';
 import { EPOCH, permutation } from './order.mjs';
-import { resizeBilinear, toInput } from './preprocess.mjs';
+import { fit, toInput } from './preprocess.mjs';
 import { PortableTrainer, createSession, sessionOptions } from './trainer.mjs';
 
 export const SHUFFLE = 'pcg32 fisher-yates(seed + epoch, stream 0)'; // as device_runner/train.py
@@ -137,7 +137,7 @@ export class Run {
     const R = m.resolution, images = [];
     for (const i of idx) { // one full-size decode at a time: only R x R pixels are kept per image
       const im = await data.image(i);
-      images.push({ data: resizeBilinear(im.data, im.width, im.height, im.channels, R, R), width: R, height: R, channels: im.channels });
+      images.push(fit(im, R, m.preprocess));
     }
     const x = toInput(images, R, m.normalization.mean, m.normalization.std);
     const r = await this.backbone.run({ [inName]: new this.o.ort.Tensor('float32', x, [idx.length, 3, m.resolution, m.resolution]) });
