@@ -63,14 +63,14 @@ RESUME_FIXED = ("backend", "artifacts", "data", "val", "val_split", "max_samples
                 "schedule", "seed", "no_cache", "skip_bad_images")
 
 
-def _check_resume(out: Path, args) -> None:
+def _check_resume(out: Path, args) -> dict:
+    """The run's run.json, after checking that `args` repeat its RESUME_FIXED options."""
     try:
         earlier = json.loads((out / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         raise RunnerError(f"{out} is not a run folder of mobiletl-train (no readable run.json); nothing to "
                           "resume") from None
     earlier.setdefault("backend", "ort-training")  # runs written before the portable backend
-    args._earlier = earlier
     def same(name, a, b):
         if name in ("artifacts", "data", "val") and a and b:
             return Path(a).resolve() == Path(b).resolve()
@@ -84,6 +84,7 @@ def _check_resume(out: Path, args) -> None:
                                   "backend")
             raise RunnerError(f"run {out} was started with {flag} {earlier[name]!r}, not {getattr(args, name)!r}; "
                               "resume with the same options, or start a new run")
+    return earlier
 
 
 def _write_json(path: Path, record: dict) -> None:
@@ -110,12 +111,12 @@ def _check_same_run(out: Path, earlier: dict, identity: dict) -> None:
                           "original export or start a new run")
 
 
-def _prepare_run_dir(out: Path, args) -> None:
+def _prepare_run_dir(out: Path, args) -> dict | None:
+    """A new (empty) run folder, or with --resume the existing run's run.json."""
     if args.resume:
         if not out.is_dir():
             raise RunnerError(f"nothing to resume: run folder {out} does not exist")
-        _check_resume(out, args)
-        return
+        return _check_resume(out, args)
     if out.exists():
         if not args.force:
             raise RunnerError(f"run folder {out} already exists; pass --resume to continue it or --force to "
@@ -133,6 +134,7 @@ def _prepare_run_dir(out: Path, args) -> None:
         out.mkdir(parents=True)
     except OSError as exc:
         raise RunnerError(f"cannot create run folder {out}: {exc.strerror}") from None
+    return None
 
 
 def _terminate(signum, frame):  # SIGTERM (a service manager, `kill`): stop like Ctrl-C, with a message
@@ -179,8 +181,9 @@ def _run(args) -> int:
     else:
         train, val = split(data, args.val_split, args.seed)
     assign_classes(train, val, classes, args.allow_unused_outputs, args.data)
-    if train.classes is not None:
-        empty = [c for c, n in zip(train.classes, np.bincount(train.labels, minlength=len(train.classes))) if n == 0]
+    counts = np.bincount(train.labels, minlength=len(train.classes)) if train.classes is not None else None
+    if counts is not None:
+        empty = [c for c, n in zip(train.classes, counts) if n == 0]
         if empty:
             raise RunnerError(f"no training images left for class{'es' * (len(empty) > 1)} {', '.join(empty)} after "
                               "--max-samples / --val-split; use more images, a larger --max-samples or a --val folder")
@@ -189,12 +192,11 @@ def _run(args) -> int:
                 "val_fingerprint": fingerprint(args.val) if args.val else None, "manifest_sha256": manifest["sha256"],
                 "manifest_file_sha256": sha256_file(folder / "manifest.json")}
     out = Path(args.out)
-    _prepare_run_dir(out, args)
-    if args.resume:
-        _check_same_run(out, getattr(args, "_earlier", {}), identity)
+    earlier = _prepare_run_dir(out, args)
+    if earlier is not None:
+        _check_same_run(out, earlier, identity)
     else:
-        record = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-        _write_json(out / "run.json", {**record, **identity})
+        _write_json(out / "run.json", {**vars(args), **identity})
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                     checkpoint_every=args.checkpoint_every, cache_mb=args.cache_mb, cache=not args.no_cache,
                     threads=args.threads, seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,
@@ -210,10 +212,10 @@ def _run(args) -> int:
               f"(onnxruntime {onnxruntime.__version__})", file=sys.stderr)
         if run.note:
             print(f"mobiletl-train: {run.note}", file=sys.stderr)
-        if train.classes is not None:
-            counts = np.bincount(train.labels, minlength=len(train.classes))
+        if counts is not None:
             print("classes: " + ", ".join(f"{c} ({n})" for c, n in zip(train.classes, counts)), file=sys.stderr)
-        for name, info in skipped_summary(data, val if args.val else None).items():
+        skipped = skipped_summary(data, val if args.val else None)
+        for name, info in skipped.items():
             print(f"skipped in {name}: {info['not images']} non-image file(s), {info['unreadable']} unreadable "
                   "image(s)", file=sys.stderr)
         last = run.run()
@@ -221,7 +223,6 @@ def _run(args) -> int:
     finally:
         run.close()
     summary = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in last.items()}  # 4 significant digits
-    skipped = skipped_summary(data, val if args.val else None)
     print(json.dumps({"run": str(out), "model": str(model), "classes": names, **summary,
                       **({"skipped": skipped} if skipped else {})}))
     return 0

@@ -62,9 +62,8 @@ function number(args, name, { integer = false, min = -Infinity, optional = false
 }
 
 export async function loadOrt(backend) {
-  if (backend === 'node') return (await import('onnxruntime-node')).default ?? (await import('onnxruntime-node'));
-  if (backend === 'wasm') {
-    const ort = await import('onnxruntime-web');
+  if (backend === 'node' || backend === 'wasm') {
+    const ort = await import(backend === 'node' ? 'onnxruntime-node' : 'onnxruntime-web');
     return ort.default ?? ort;
   }
   throw new RunnerError(`--backend must be node or wasm, got '${backend}'`);

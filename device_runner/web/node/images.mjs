@@ -24,7 +24,7 @@ export async function decodeFile(file) {
   try {
     // rotate(): apply the EXIF orientation; ignoreIcc: pixels as stored, as Pillow and the page read them
     const img = s(file, { failOn: 'error', ignoreIcc: true }).rotate();
-    const meta = await s(file).metadata();
+    const meta = await img.metadata(); // the input's header (same file handle as the pipeline)
     const grey = meta.channels <= 2; // grey or grey + alpha: one channel, broadcast to RGB later (as Pillow's L)
     const pipeline = grey ? img.removeAlpha().toColourspace('b-w') : img.removeAlpha().toColourspace('srgb');
     const { data, info } = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });

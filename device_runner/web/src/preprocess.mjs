@@ -9,6 +9,8 @@
  * reads), rounding by adding 2^21 and clipping to 0..255. A browser canvas's drawImage filters differently
  * per browser, which is why the page uses this too. tests/test_web.py compares it with Pillow.
  */
+import { RunnerError } from './errors.mjs';
+
 const PRECISION_BITS = 22;
 
 /** Pillow precompute_coeffs for one axis: {ksize, bounds: Int32Array [out*2] (xmin, count), kk: Int32Array} */
@@ -106,7 +108,7 @@ export function fit(im, resolution, spec) {
   spec = spec ?? { resize: 'squash' }; // exports without the field
   const R = resolution, c = im.channels;
   if (spec.resize === 'squash') return { data: resizeBilinear(im.data, im.width, im.height, c, R, R), width: R, height: R, channels: c };
-  if (spec.resize !== 'shorter-side') throw new Error(`unknown preprocess ${JSON.stringify(spec)} in the manifest`);
+  if (spec.resize !== 'shorter-side') throw new RunnerError(`unknown preprocess ${JSON.stringify(spec)} in the manifest (this runner knows shorter-side and squash)`);
   const size = Math.floor(R / spec.crop_fraction);
   const { width: w, height: h } = im;
   const [nw, nh] = w <= h ? [size, Math.trunc(size * h / w)] : [Math.trunc(size * w / h), size];
@@ -119,8 +121,8 @@ export function fit(im, resolution, spec) {
 
 /**
  * Normalised model input of decoded images.
- * @param {Array<{data: Uint8Array, width: number, height: number, channels: number}>} images RGB (3) or grey
- *   (1) interleaved uint8 pixels; any other channel count must be converted before (alpha dropped)
+ * @param {Array<{data: Uint8Array, width: number, height: number, channels: number}>} images R x R (fitted by
+ *   `fit`), RGB (3) or grey (1) interleaved uint8 pixels
  * @param {number} resolution R
  * @param {number[]} mean @param {number[]} std per RGB channel (manifest.normalization)
  * @returns {Float32Array} [N, 3, R, R], every step rounded to float32 as numpy does
@@ -131,8 +133,8 @@ export function toInput(images, resolution, mean, std) {
   const f = Math.fround;
   const m = mean.map(f), s = std.map(f);
   images.forEach((im, n) => {
-    const c = im.channels;
-    const px = resizeBilinear(im.data, im.width, im.height, c, R, R);
+    const c = im.channels, px = im.data;
+    if (im.width !== R || im.height !== R) throw new Error(`toInput takes ${R} x ${R} images (fit() them first), got ${im.width} x ${im.height}`);
     for (let ch = 0; ch < 3; ch++) {
       const base = (n * 3 + ch) * plane, sc = c === 1 ? 0 : ch;
       for (let i = 0; i < plane; i++) out[base + i] = f(f(f(px[i * c + sc] / 255) - m[ch]) / s[ch]);

@@ -87,8 +87,7 @@ export class Run {
   static async create(o) {
     const run = new Run(o);
     const { manifest, files } = o.exported;
-    const so = sessionOptions(o.threads);
-    if (o.executionProviders) so.executionProviders = o.executionProviders;
+    const so = sessionOptions(o.threads, false, o.executionProviders);
     run.backbone = await createSession(o.ort, files.backbone, so, manifest.files.backbone);
     run.trainer = await PortableTrainer.create(o.ort, manifest, files, { ...o, checkpoint: o.checkpoint });
     return run;

@@ -19,8 +19,8 @@ export const CHECKPOINT_FORMAT = 'mobiletl-portable/1';
  * pattern pre-plans one arena block for the whole step, which for a training graph (stored tensors live across
  * it) measured 1.7x the peak of planning off in the Python runner; off, at no step-time cost.
  */
-export function sessionOptions(threads, training = false) {
-  const o = { executionProviders: ['cpu'], graphOptimizationLevel: 'all', enableMemPattern: !training };
+export function sessionOptions(threads, training = false, executionProviders = ['cpu']) {
+  const o = { executionProviders, graphOptimizationLevel: 'all', enableMemPattern: !training };
   if (threads) { o.intraOpNumThreads = threads; o.interOpNumThreads = 1; }
   return o;
 }
@@ -41,8 +41,7 @@ export class PortableTrainer {
    * @param {{threads?: number, executionProviders?: string[], checkpoint?: Uint8Array}} options
    */
   static async create(ort, manifest, files, options = {}) {
-    const so = sessionOptions(options.threads, true);
-    if (options.executionProviders) so.executionProviders = options.executionProviders;
+    const so = sessionOptions(options.threads, true, options.executionProviders);
     const t = new PortableTrainer(ort, manifest);
     t.session = await createSession(ort, files.train_step, so, manifest.files.train_step);
     t.evalSession = await createSession(ort, files.eval_step, so, manifest.files.eval_step);
