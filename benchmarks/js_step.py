@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_step import busy_cpu_seconds, own_cpu_seconds  # noqa: E402 - benchmarks/ is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 RUNNER_PYTHON = REPO / ".venv-runner" / "bin" / "python"
 EXPORTER = REPO / ".venv" / "bin" / "mobiletl-export"
@@ -138,18 +140,6 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds the machine has been busy since boot (/proc/stat: all states but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def wait_idle(limit_s: float, window_s: float = 1.0, threshold: float = 0.05) -> float:

@@ -415,14 +415,14 @@ def run_all(models, batches, configs, steps, top_k, repeats) -> list[dict]:
     return rows
 
 
-def _busy_cpu_seconds() -> float:
+def busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has been busy since boot (/proc/stat, all states but idle/iowait)."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds() -> float:
     """CPU seconds of this process and its finished children."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -533,7 +533,7 @@ def main(argv=None) -> dict | None:
         args.model, args.config = args.models[0], args.configs[0]
         return worker_main(args)
     configs = [c for c in CONFIGS if c in args.configs]  # fixed column order
-    start, busy, own = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
+    start, busy, own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     print(f"top-{args.top_k} region, {RESOLUTION} px, {THREADS} threads, ours with --target {args.target}, "
           f"{WARMUP} warm-up + {args.steps} timed "
           f"steps, {args.repeats} processes per cell; models {args.models}, batches {args.batches}", flush=True)
@@ -541,7 +541,7 @@ def main(argv=None) -> dict | None:
     comparisons = compare(rows, args.models, args.batches)
     print_table(rows, comparisons, configs)
     wall = time.perf_counter() - start
-    foreign = max(0.0, (_busy_cpu_seconds() - busy) - (_own_cpu_seconds() - own))
+    foreign = max(0.0, (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own))
     share = foreign / (wall * (os.cpu_count() or 1))
     print(f"\ntotal {wall:.0f} s; other processes used {foreign:.1f} CPU-s ({share:.0%} of the machine)"
           + ("  WARNING: the machine was not idle, times are unreliable" if share > 0.05 else ""))

@@ -33,6 +33,17 @@ def randomize(model, seed=0, res=64):
     return model
 
 
+def export_randomized(out, num_classes: int, model: str = "mbv3-small", res: int = 32, seed: int = 0, **config):
+    """Export top-2 of a randomized (calibrated, trainable) model to `out` (a Path); returns `out`."""
+    from mobiletl_export.export import ExportConfig, export
+    from mobiletl_export.models import create_model
+
+    net = randomize(create_model(model, num_classes=num_classes, dropout=0.0), seed=seed, res=res)
+    export(ExportConfig(model=model, top_k=2, num_classes=num_classes, resolution=res, out=str(out), **config),
+           model=net)
+    return out
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

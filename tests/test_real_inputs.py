@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import randomize
+from conftest import export_randomized
 from PIL import Image
 
 from device_runner import RunnerError
 from device_runner.cli import main
 from device_runner.data import assign_classes, decode, load_dataset
-from mobiletl_export.export import ExportConfig, export
-from mobiletl_export.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "fox"]
@@ -29,10 +27,7 @@ CLASSES = ["cat", "dog", "fox"]
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "mbv3s-3"
-    model = randomize(create_model("mbv3-small", num_classes=3, dropout=0.0), res=32)
-    export(ExportConfig(model="mbv3-small", top_k=2, num_classes=3, resolution=32, out=str(out)), model=model)
-    return out
+    return export_randomized(tmp_path_factory.mktemp("real") / "mbv3s-3", 3)
 
 
 def folder(root: Path, classes=CLASSES, per_class=8, seed=0, suffix=".png") -> Path:
@@ -244,8 +239,7 @@ def test_resume_refuses_another_data_or_export(change, artifacts, tmp_path, caps
         (data / "fox").rename(data / "vixen")
     else:  # the same --artifacts path, re-exported with other weights
         shutil.rmtree(art)
-        model = randomize(create_model("mbv3-small", num_classes=3, dropout=0.0), seed=9, res=32)
-        export(ExportConfig(model="mbv3-small", top_k=2, num_classes=3, resolution=32, out=str(art)), model=model)
+        export_randomized(art, 3, seed=9)
     line = one_line_error(*run(args + ["--resume"], capsys)[::2])
     expect = {"data-file-added": "files of --data changed", "data-file-changed": "files of --data changed",
               "class-renamed": "other classes (missing now: fox; new: vixen)",

@@ -13,12 +13,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import randomize
+from conftest import export_randomized
 
 from device_runner.cli import main
 from device_runner.ort import nchwc_block_size
-from mobiletl_export.models import create_model
-from mobiletl_export.export import ExportConfig, export
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """mbv3-small with calibrated BN statistics (default statistics collapse a random net's features)."""
-    out = tmp_path_factory.mktemp("art") / "mbv3s"
-    model = randomize(create_model("mbv3-small", num_classes=4, dropout=0.0), res=32)
-    export(ExportConfig(model="mbv3-small", top_k=2, num_classes=4, resolution=32, out=str(out)), model=model)
-    return out
+    return export_randomized(tmp_path_factory.mktemp("art") / "mbv3s", 4)
 
 
 def synthetic(path: Path, n=96, classes=4, size=20, seed=0, rgb=True) -> Path:
@@ -52,11 +47,7 @@ def nchwc_artifacts(tmp_path_factory):
     """The same on ORT's NCHWc kernels (--target host), mbv2 (its depthwise channels are multiples of 16)."""
     if not nchwc_block_size():
         pytest.skip("this ONNX Runtime has no NCHWc kernels (not x86)")
-    out = tmp_path_factory.mktemp("art") / "mbv2-host"
-    model = randomize(create_model("mbv2", num_classes=4, dropout=0.0), res=32)
-    export(ExportConfig(model="mbv2", top_k=2, num_classes=4, resolution=32, out=str(out), target="host"),
-           model=model)
-    return out
+    return export_randomized(tmp_path_factory.mktemp("art") / "mbv2-host", 4, "mbv2", target="host")
 
 
 @pytest.mark.parametrize("target", ["generic", "host"])

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import randomize
+from conftest import export_randomized
 
 from device_runner.order import PCG32, permutation
 from device_runner.resize import resize_bilinear
-from mobiletl_export.export import ExportConfig, export
-from mobiletl_export.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "device_runner" / "web"
@@ -144,10 +142,7 @@ def test_safetensors_both_ways(tmp_path):
 # -- the Node CLI against mobiletl-train -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("web") / "mbv3s"
-    model = randomize(create_model("mbv3-small", num_classes=5, dropout=0.0), res=32)
-    export(ExportConfig(model="mbv3-small", top_k=2, num_classes=5, resolution=32, out=str(out)), model=model)
-    return out
+    return export_randomized(tmp_path_factory.mktemp("web") / "mbv3s", 5)
 
 
 def image_folder(root: Path, per_class: int = 10, seed: int = 0) -> Path:
