@@ -8,6 +8,8 @@ All BatchNorms keep their running statistics frozen (eval-mode normalisation) un
 | mobiletl   | train                 | beta only                       | gamma, beta      | 1-bit masks         |
 | vanilla    | train                 | gamma, beta                     | gamma, beta      | exact               |
 | bias-only  | final linear only     | beta only                       | beta only        | exact               |
+  (bias-only: every bias of the region - BN betas, squeeze-excitation and head linear biases - plus the final
+  linear, as TinyTL's "FT-Bias" baseline: Cai et al., NeurIPS 2020, Sec. 4)
 | last-layer | final linear only     | frozen                          | frozen           | exact               |
 
 Masks (mobiletl): ReLU6 1{0<x<6} and ReLU 1{x>0} (exact), Hard-Sigmoid (1/6)*1{-3<x<3} (exact),
@@ -71,8 +73,11 @@ def _trainable_keys(method: str, structure: ModelStructure, trained: tuple[IRB, 
         outer.append(block.project)
     for cb in internal + outer:
         keys.add(f"{cb.bn_name}.bias")
-    if method == "bias-only":
-        return keys
+    if method == "bias-only":  # every bias in the region (TinyTL's FT-Bias), final linear included
+        for block in trained:
+            if block.se is not None:
+                keys |= {f"{block.se.fc1_name}.bias", f"{block.se.fc2_name}.bias"}
+        return keys | {f"{layer.name}.bias" for layer in structure.head.linears}
     for cb in internal + outer:
         keys.add(f"{cb.conv_name}.weight")
     for cb in outer:

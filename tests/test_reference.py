@@ -127,8 +127,11 @@ def test_plan_trainable_sets():
     assert {"features.15.block.3.1.weight", "features.16.1.weight", "classifier.0.weight"} <= p["mobiletl"]
     assert p["mobiletl"] | {f"{bn}.weight" for bn in internal} == p["vanilla"]
     assert p["last-layer"] == {"classifier.3.weight", "classifier.3.bias"}
-    assert p["bias-only"] == {"classifier.3.weight", "classifier.3.bias", "features.16.1.bias"} | {
-        f"{cb.bn_name}.bias" for cb in top.conv_bns()}
+    # TinyTL's FT-Bias: every bias parameter of the region (BN betas, SE and head linears) + the final linear
+    region_biases = {k for k, _ in model.named_parameters()
+                     if k.endswith(".bias") and k.startswith(("features.15.", "features.16.", "classifier."))}
+    assert "classifier.0.bias" in region_biases and "features.15.block.2.fc1.bias" in region_biases
+    assert p["bias-only"] == region_biases | {"classifier.3.weight"}
     with pytest.raises(ValueError, match="unknown method 'lora'"):
         make_plan(model, "lora", 1)
 
