@@ -17,6 +17,7 @@ class FeatureCache:
                  enabled: bool = True):
         self.enabled = enabled
         self.filled = np.zeros(n, bool)
+        self.shape = (n, *shape)
         nbytes = n * int(np.prod(shape)) * 4
         self.kind = "off" if not enabled else ("memory" if nbytes <= budget_mb * 2**20 else "disk")
         self.path = folder / f"{name}.cache"
@@ -34,6 +35,15 @@ class FeatureCache:
         """After a restart only a disk cache still holds its features."""
         if self.reusable and filled is not None and len(filled) == len(self.filled):
             self.filled[:] = filled
+
+    def fill(self, features: np.ndarray) -> None:
+        """Use precomputed features (float32 [n, *shape], the frozen backbone's output of every sample) instead
+        of computing them: a study training many runs on one backbone computes them once
+        (benchmarks/accuracy.py). ValueError when the shape is not the cache's."""
+        if features.shape != self.shape or features.dtype != np.float32:
+            raise ValueError(f"features {features.dtype} {features.shape}, the cache holds float32 {self.shape}")
+        self.store, self.kind, self.enabled = features, "memory", True
+        self.filled[:] = True
 
     def get(self, index: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         if not self.enabled:
