@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .models import MODEL_NAMES
-from .plan import METHODS
+from .plan import METHODS, variant_note
 from .reference.trainer import OPTIMIZERS
 
 EXIT_USAGE = 2
@@ -26,6 +26,10 @@ def parser() -> argparse.ArgumentParser:
                                                          "writes report.json into the folder")
     p.add_argument("--report-batch", type=int, default=8, help="batch size of --report and --memory-budget")
     p.add_argument("--method", default="mobiletl", choices=METHODS)
+    p.add_argument("--hardswish-backward", metavar="{sign,exact}", default=None,
+                   help="mobiletl's Hard-Swish backward: sign (default; the paper's 1{x >= 0} mask, 1 bit per "
+                        "element) or exact (PyTorch's derivative; stores the float32 input, as vanilla does). Other "
+                        "methods are exact already: exact is accepted, sign is an error")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--weights", default="default",
                    help="state_dict file, 'random', or 'default' (ImageNet weights where the project has them "
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                        weights=args.weights, resolution=args.resolution, preprocess=args.preprocess, optimizer=args.optimizer, lr=args.lr,
                        weight_decay=args.weight_decay, dropout=args.dropout, seed=args.seed,
                        width_mult=args.width_mult, out=args.out, force=args.force, target=args.target,
-                       ort_format=args.ort_format)
+                       ort_format=args.ort_format, hardswish_backward=args.hardswish_backward)
     try:
         from device_runner.ort import nchwc_mismatch
 
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {result.out}/ in {result.seconds:.1f} s")
     for name in list(m["files"].values()) + ["manifest.json"]:
         print(f"  {name}")
-    print(f"model {m['model']}, {m['method']}, top-{m['top_k']} of {m['num_blocks']} IRBs, "
+    variant = variant_note(m["method"], m["hardswish_backward"])
+    print(f"model {m['model']}, {m['method']}{variant}, top-{m['top_k']} of {m['num_blocks']} IRBs, "
           f"{m['num_classes']} classes, {m['resolution']} px; {m['weights']}")
     if "random init" in m["weights"]:
         print(f"mobiletl-export: WARNING: the frozen layers of this export are untrained ({m['weights']}): every "

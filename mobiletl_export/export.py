@@ -35,7 +35,7 @@ from .models import create_model, imagenet_weights_path
 from .package.folder import atomic_folder, check_writable
 from .package import portable
 from .package.optimizer import build_optimizer
-from .plan import make_plan
+from .plan import make_plan, resolve_hardswish_backward
 
 FILES = {
     "backbone": "backbone.onnx",
@@ -78,9 +78,12 @@ class ExportConfig:
     target: str = "generic"  # generic (any ORT) | x86-avx2 | x86-avx512 | host (emit/nchwc.py)
     ort_format: bool = False  # also write .ort files of the ORT-training models (ORT's minimal/mobile builds)
     preprocess: str = "crop"  # crop: shorter side to R / 0.875, centre crop R (torchvision eval) | squash: R x R
+    hardswish_backward: str | None = None  # None: the method's own; "sign" (mobiletl) | "exact" (plan.py)
 
     def out_dir(self) -> Path:
-        return Path(self.out or f"artifacts/{self.model}-top{self.top_k}-{self.method}")
+        exact = self.method == "mobiletl" and self.hardswish_backward == "exact"
+        return Path(self.out or f"artifacts/{self.model}-top{self.top_k}-{self.method}"
+                                f"{'-hardswish-exact' if exact else ''}")
 
 
 @dataclass
@@ -109,6 +112,7 @@ def _validate(cfg: ExportConfig) -> None:
     if not cfg.lr > 0:
         raise ValueError(f"--lr must be positive, got {cfg.lr}")
     target_block(cfg.target)
+    resolve_hardswish_backward(cfg.method, cfg.hardswish_backward)
 
 
 def _target_name(block: int) -> str:
@@ -165,7 +169,7 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         model = create_model(cfg.model, cfg.num_classes, weights=weights, seed=cfg.seed, **options)
     else:
         weights_note = "model object passed to export()"
-    plan = make_plan(model, cfg.method, cfg.top_k)
+    plan = make_plan(model, cfg.method, cfg.top_k, cfg.hardswish_backward)
     state = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()
              if v.is_floating_point()}
 
@@ -192,6 +196,8 @@ def export(cfg: ExportConfig, model=None) -> ExportResult:
         "format": FORMAT,
         "model": cfg.model,
         "method": cfg.method,
+        "hardswish_backward": plan.hardswish_backward,
+        "masked_activations": sorted(plan.masked_activations),
         "top_k": cfg.top_k,
         "num_blocks": len(plan.structure.blocks),
         "trained_blocks": [b.name for b in plan.trained_blocks],

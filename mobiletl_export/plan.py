@@ -13,7 +13,13 @@ All BatchNorms keep their running statistics frozen (eval-mode normalisation) un
 | last-layer | final linear only     | frozen                          | frozen           | exact               |
 
 Masks (mobiletl): ReLU6 1{0<x<6} and ReLU 1{x>0} (exact), Hard-Sigmoid (1/6)*1{-3<x<3} (exact),
-Hard-Swish 1{x>=0} (the paper's approximation).
+Hard-Swish 1{x>=0} (the paper's approximation; `hardswish_backward="sign"`, the default).
+
+`hardswish_backward="exact"` (mobiletl only; `mobiletl-export --hardswish-backward exact`) keeps everything of
+mobiletl - trainable set, 1-bit masks for ReLU/ReLU6/Hard-Sigmoid - but gives Hard-Swish PyTorch's exact
+backward, which stores its float32 input as vanilla does: what the sign approximation saves, and what it costs
+in accuracy (benchmarks/hardswish.py). The other methods' backward is exact already, so for them "exact" is
+the (only) value and "sign" is an error.
 """
 
 from __future__ import annotations
@@ -26,6 +32,33 @@ from torch import nn
 from .models.spec import IRB, ConvBN, ModelStructure
 
 METHODS = ("mobiletl", "vanilla", "bias-only", "last-layer")
+HARDSWISH_BACKWARDS = ("sign", "exact")
+MASKABLE = ("relu", "relu6", "hardswish", "hardsigmoid")  # activation kinds with a 1-bit mask rule
+
+
+def resolve_hardswish_backward(method: str, hardswish_backward: str | None) -> str:
+    """The Hard-Swish backward a method uses: None = the method's own (mobiletl: "sign", others: "exact")."""
+    if hardswish_backward is None:
+        return "sign" if method == "mobiletl" else "exact"
+    if hardswish_backward not in HARDSWISH_BACKWARDS:
+        raise ValueError(f"unknown --hardswish-backward {hardswish_backward!r}; choose one of "
+                         f"{', '.join(HARDSWISH_BACKWARDS)}")
+    if hardswish_backward == "sign" and method != "mobiletl":
+        raise ValueError(f"--hardswish-backward sign applies to --method mobiletl only; {method}'s activation "
+                         "backward is exact")
+    return hardswish_backward
+
+
+def variant_note(method: str, hardswish_backward: str) -> str:
+    """" (exact Hard-Swish backward)" for mobiletl with the exact Hard-Swish backward, else "" (summaries)."""
+    return " (exact Hard-Swish backward)" if method == "mobiletl" and hardswish_backward == "exact" else ""
+
+
+def masked_kinds(method: str, hardswish_backward: str) -> frozenset[str]:
+    """Activation kinds whose backward reads a 1-bit mask instead of the float input."""
+    if method != "mobiletl":
+        return frozenset()
+    return frozenset(k for k in MASKABLE if k != "hardswish" or hardswish_backward == "sign")
 
 
 @dataclass(frozen=True)
@@ -37,10 +70,14 @@ class TrainingPlan:
     trained_blocks: tuple[IRB, ...]
     trainable: tuple[str, ...]  # state_dict keys, in state_dict order
     region_keys: tuple[str, ...]  # every state_dict key of the region (trainable, frozen params, BN statistics)
+    # activation kinds ("relu", "relu6", "hardswish", "hardsigmoid") whose backward reads a packed 1-bit mask;
+    # empty = every activation backward is exact (reads the float32 input)
+    masked_activations: frozenset[str] = frozenset()
 
     @property
-    def masked_activations(self) -> bool:
-        return self.method == "mobiletl"
+    def hardswish_backward(self) -> str:
+        """"sign" (MobileTL's 1{x >= 0} mask) or "exact"."""
+        return "sign" if "hardswish" in self.masked_activations else "exact"
 
     def trains(self, key: str) -> bool:
         return key in self._trainable_set
@@ -93,9 +130,11 @@ def _trainable_keys(method: str, structure: ModelStructure, trained: tuple[IRB, 
     return keys
 
 
-def make_plan(model: nn.Module, method: str, top_k: int) -> TrainingPlan:
+def make_plan(model: nn.Module, method: str, top_k: int, hardswish_backward: str | None = None) -> TrainingPlan:
+    """`hardswish_backward`: None (the method's own), "sign" (mobiletl only) or "exact" (see module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    masked = masked_kinds(method, resolve_hardswish_backward(method, hardswish_backward))
     structure: ModelStructure = model.structure()
     frozen, trained = structure.split(top_k)
     prefixes = tuple(p + "." for p in _region_prefixes(structure, trained))
@@ -104,4 +143,4 @@ def make_plan(model: nn.Module, method: str, top_k: int) -> TrainingPlan:
     trainable = tuple(k for k in region if k in wanted)
     missing = wanted - set(trainable)
     assert not missing, f"plan names keys the model does not have: {sorted(missing)}"
-    return TrainingPlan(method, top_k, structure, frozen, trained, trainable, region)
+    return TrainingPlan(method, top_k, structure, frozen, trained, trainable, region, masked)

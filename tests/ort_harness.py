@@ -12,19 +12,26 @@ from mobiletl_export.plan import make_plan
 from mobiletl_export.reference import ReferenceNet
 from mobiletl_export.reference.executor import observe_activations
 
+# Test label of a variant: mobiletl with the exact Hard-Swish backward (mobiletl-export --hardswish-backward exact)
+EXACT_HS = "mobiletl-hsexact"
+
 # Where each activation's derivative jumps. Under mobiletl, Hard-Swish's mask jumps at 0 instead.
 KINKS = {"relu": (0.0,), "relu6": (0.0, 6.0), "hardswish": (-3.0, 3.0), "hardsigmoid": (-3.0, 3.0)}
 
 
 def build(name: str, method: str, k: int, tmp_path, *, res: int = 64, classes: int = 10, optimizer="adamw",
-          lr: float = 1e-3, seed: int = 0, target: str = "generic"):
-    """A randomised model (calibrated BN statistics), its reference net and its exported artifact folder."""
+          lr: float = 1e-3, seed: int = 0, target: str = "generic", hardswish_backward: str | None = None):
+    """A randomised model (calibrated BN statistics), its reference net and its exported artifact folder.
+    `method` EXACT_HS: mobiletl with hardswish_backward "exact"."""
+    if method == EXACT_HS:
+        method, hardswish_backward = "mobiletl", "exact"
     model = randomize(create_model(name, num_classes=classes, dropout=0.0, seed=seed), seed, res=res)
+    hs = f"-hs{hardswish_backward}" if hardswish_backward else ""
     cfg = ExportConfig(model=name, top_k=k, method=method, num_classes=classes, resolution=res,
-                       optimizer=optimizer, lr=lr, out=str(tmp_path / f"{name}-{method}-{k}-{optimizer}-{target}"),
-                       target=target)
+                       optimizer=optimizer, lr=lr, target=target, hardswish_backward=hardswish_backward,
+                       out=str(tmp_path / f"{name}-{method}{hs}-{k}-{optimizer}-{target}"))
     result = export(cfg, model=model)
-    net = ReferenceNet(model, make_plan(model, method, k))
+    net = ReferenceNet(model, make_plan(model, method, k, hardswish_backward))
     return net, result
 
 
@@ -39,12 +46,12 @@ def clean_batch(net: ReferenceNet, res: int, batch: int, classes: int, tol: floa
     """
     from mobiletl_export.reference import ReferenceTrainer
 
-    masked = net.plan.masked_activations
+    sign = net.plan.hardswish_backward == "sign"
     initial = {k: v.detach().clone() for k, v in net.model.state_dict().items()}
     near = [0]
 
     def count(kind, x):
-        kinks = (0.0,) if (masked and kind == "hardswish") else KINKS[kind]
+        kinks = (0.0,) if (sign and kind == "hardswish") else KINKS[kind]
         near[0] += sum(int(((x - k).abs() < tol).sum()) for k in kinks)
 
     try:

@@ -59,6 +59,9 @@ def test_python_dash_m_works(tmp_path):
     (["--model", "mbv2", "--top-k", "-1"], "top-k must be an integer in [0, 17]"),
     (["--model", "mbv2", "--top-k", "1", "--num-classes", "1"], "--num-classes must be an integer >= 2"),
     (["--model", "mbv2", "--top-k", "1", "--weights", "/nonexistent.pth"], "weights file not found"),
+    (["--model", "mbv3-small", "--top-k", "1", "--hardswish-backward", "foo"], "unknown --hardswish-backward 'foo'"),
+    (["--model", "mbv3-small", "--top-k", "1", "--method", "vanilla", "--hardswish-backward", "sign"],
+     "--hardswish-backward sign applies to --method mobiletl only"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path, capsys):
     out = tmp_path / "x"
@@ -188,3 +191,24 @@ def test_sgd_with_weight_decay_is_refused(tmp_path, capsys):
     code, _, err = run_cli(["--model", "mbv2", "--top-k", "1", "--resolution", "32", "--optimizer", "sgd",
                             "--weight-decay", "0.1", "--out", str(tmp_path / "s")], capsys)
     assert code == 2 and "no weight decay" in err and not (tmp_path / "s").exists()
+
+
+def test_hardswish_backward_option(tmp_path, capsys, monkeypatch):
+    """--hardswish-backward exact: mobiletl without HardSwishMask (the other masks stay), recorded in the manifest
+    and the default folder name; with the other methods it is accepted and changes nothing (already exact)."""
+    import onnx
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--model", "mbv3-small", "--top-k", "2", "--resolution", "32"]
+    code, stdout, err = run_cli(args + ["--hardswish-backward", "exact"], capsys)
+    assert code == 0, err
+    assert "mobiletl (exact Hard-Swish backward), top-2" in stdout
+    out = tmp_path / "artifacts" / "mbv3-small-top2-mobiletl-hardswish-exact"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["hardswish_backward"] == "exact" and "hardswish" not in manifest["masked_activations"]
+    for name in ("training_model.onnx", "train_step.onnx"):
+        calls = {n.op_type for n in onnx.load(str(out / name)).graph.node if n.domain == "mobiletl"}
+        assert "HardSwishMask" not in calls and {"ReLUMask", "HardSigmoidMask", "MaskGrad"} <= calls
+    assert run_cli(args + ["--method", "vanilla", "--hardswish-backward", "exact"], capsys)[0] == 0
+    manifest = json.loads((tmp_path / "artifacts" / "mbv3-small-top2-vanilla" / "manifest.json").read_text())
+    assert manifest["hardswish_backward"] == "exact" and manifest["masked_activations"] == []

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from ort_harness import OrtTraining, build, clean_batch
+from ort_harness import EXACT_HS, OrtTraining, build, clean_batch
 
 from device_runner.ort import NCHWC, nchwc_block_size
 
@@ -19,6 +19,7 @@ MODELS = ["mbv2", "mbv3-large", "mbv3-small", "efficientnet-lite0"]
 CASES = [(m, method, k) for m in MODELS for method in ("mobiletl", "vanilla") for k in (1, 3, 5)]
 CASES += [("mbv3-small", "mobiletl", 11), ("mbv3-small", "vanilla", 11)]  # every IRB of one model
 CASES += [(m, method, 3) for m in MODELS for method in ("bias-only", "last-layer")]  # the baselines
+CASES += [(m, EXACT_HS, 3) for m in ("mbv3-large", "mbv3-small")]  # mobiletl, exact Hard-Swish backward
 CASES = [(*case, "generic") for case in CASES]
 RES, BATCH, CLASSES = 64, 4, 10
 worst = {"loss": 0.0, "grad": 0.0, "param": 0.0, "logits": 0.0}
@@ -85,7 +86,9 @@ def test_gradients_and_logits_match_reference(name, method, k, target, tmp_path)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ort_run.eval_logits(features.numpy(), labels.numpy()), ref_logits, rtol=1e-4,
                                atol=1e-4)
-    if method != "mobiletl":  # exact backward: also against plain autograd of the nn.Module itself
+    if net.plan.hardswish_backward == "exact":  # exact backward: also against plain autograd of the nn.Module
+        # itself (for mobiletl with --hardswish-backward exact, every mask left is the exact derivative, so only
+        # the trainable set differs from autograd's, and requires_grad follows the plan)
         model = net.model
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
@@ -94,7 +97,8 @@ def test_gradients_and_logits_match_reference(name, method, k, target, tmp_path)
 
 
 @pytest.mark.parametrize("name, method, k", [("mbv2", "mobiletl", 3), ("mbv3-large", "mobiletl", 3),
-                                             ("mbv3-small", "vanilla", 5), ("efficientnet-lite0", "mobiletl", 3)])
+                                             ("mbv3-small", "vanilla", 5), ("efficientnet-lite0", "mobiletl", 3),
+                                             ("mbv3-large", EXACT_HS, 3)])
 @pytest.mark.parametrize("optimizer, lr", [("adamw", 1e-3), ("sgd", 1e-3)])
 def test_parameters_after_five_steps_match(name, method, k, optimizer, lr, tmp_path):
     run_steps(name, method, k, tmp_path, optimizer, lr)

@@ -19,7 +19,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from ort_harness import OrtTraining, build, clean_batch
+from ort_harness import EXACT_HS, OrtTraining, build, clean_batch
 
 from device_runner.inference import initializer_chunk
 from device_runner.ort import NCHWC, NCHWC_PROBE, nchwc_block_size
@@ -35,6 +35,7 @@ HOST = ["host"] if nchwc_block_size() else []
 GRAD_CASES = [(m, method, k, "generic") for m in MODELS for method in ("mobiletl", "vanilla") for k in (1, 3, 5)]
 GRAD_CASES += [("mbv3-small", method, 11, "generic") for method in ("mobiletl", "vanilla")]  # every IRB
 GRAD_CASES += [(m, "mobiletl", 5, t) for m in MODELS for t in HOST]
+GRAD_CASES += [(m, EXACT_HS, 3, "generic") for m in ("mbv3-large", "mbv3-small")]  # exact Hard-Swish backward
 # AdamW at k = 3, SGD at k = 5: as in test_parity.py, Adam turns float noise in gradients that shrink towards
 # zero over the steps into 2e-4 parameter differences at k = 5, for every implementation pair. Lite0 finds no
 # batch clear of activation kinks for six SGD passes at 48 px at some k (vanilla 3 and 5, mobiletl 4 and 5), so
@@ -44,6 +45,7 @@ STEP_CASES = [(m, method, opt, k if opt == "adamw" else SGD_K.get(m, {}).get(met
               for m in MODELS for method in ("mobiletl", "vanilla") for opt, k in (("adamw", 3), ("sgd", 5))]
 STEP_CASES += [(m, "mobiletl", opt, 3, t) for m in ("mbv2", "efficientnet-lite0") for opt in ("adamw", "sgd")
                for t in HOST]
+STEP_CASES += [("mbv3-large", EXACT_HS, "adamw", 3, "generic"), ("mbv3-small", EXACT_HS, "sgd", 5, "generic")]
 ORDER_CASES = [(m, method) for m in MODELS for method in ("mobiletl", "vanilla")]
 INFERENCE_CASES = [("mbv2", "mobiletl", 5), ("mbv3-large", "mobiletl", 5), ("efficientnet-lite0", "vanilla", 3),
                    ("mbv3-small", "mobiletl", 11)]

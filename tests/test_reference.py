@@ -154,7 +154,7 @@ def saved_by_block(name, index, method, res=112, batch=2):
     with torch.no_grad():
         x = net.backbone(images)
         for b in net.plan.structure.blocks[:index]:
-            x = _irb(b, x, masked=False)
+            x = _irb(b, x, masked=frozenset())
     x.requires_grad_(False)
     owned = {t.data_ptr() for t in list(net.model.parameters()) + list(net.model.buffers())}
     saved = {}

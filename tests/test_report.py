@@ -12,10 +12,11 @@ from mobiletl_export.export import ExportConfig, export
 from mobiletl_export.plan import METHODS
 
 
-def folder(tmp_path, model, method, k, res=224):
-    out = tmp_path / f"{model}-{method}-{k}-{res}"
+def folder(tmp_path, model, method, k, res=224, hardswish_backward=None):
+    out = tmp_path / f"{model}-{method}-{k}-{res}-{hardswish_backward}"
     if not out.exists():
-        export(ExportConfig(model=model, top_k=k, method=method, resolution=res, weights="random", out=str(out)))
+        export(ExportConfig(model=model, top_k=k, method=method, resolution=res, weights="random", out=str(out),
+                            hardswish_backward=hardswish_backward))
     return out
 
 
@@ -58,6 +59,25 @@ def test_report_on_every_method(model, tmp_path):
     last = reports["last-layer"]
     assert last.bwd_flops == 2 * 4 * last.blocks[-1]["trainable_params"] - 2 * 4 * 10  # dW of the classifier
     assert reports["mobiletl"].trainable_params < reports["vanilla"].trainable_params
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_exact_hardswish_stores_the_float_inputs_of_hardswish_only(model, tmp_path):
+    """--hardswish-backward exact keeps mobiletl's masks for ReLU/ReLU6/Hard-Sigmoid and stores each Hard-Swish's
+    float32 input: between mobiletl and vanilla where the region has Hard-Swish (MobileNetV3), mobiletl's
+    bytes exactly where it has none (MobileNetV2, EfficientNet-Lite0)."""
+    sign, exact, vanilla = (analyze_folder(folder(tmp_path, model, m, 3, res=64, hardswish_backward=h), 4)
+                            for m, h in (("mobiletl", None), ("mobiletl", "exact"), ("vanilla", None)))
+    assert (sign.hardswish_backward, exact.hardswish_backward, vanilla.hardswish_backward) == ("sign", "exact", "exact")
+    assert exact.trainable_params == sign.trainable_params
+    if model.startswith("mbv3"):
+        assert sign.stored_bytes < exact.stored_bytes < vanilla.stored_bytes
+        assert sign.portable_stored_bytes < exact.portable_stored_bytes < vanilla.portable_stored_bytes
+    else:
+        assert exact.stored_bytes == sign.stored_bytes < vanilla.stored_bytes
+    manifest = json.loads((folder(tmp_path, model, "mobiletl", 3, 64, "exact") / "manifest.json").read_text())
+    assert manifest["hardswish_backward"] == "exact"
+    assert manifest["masked_activations"] == ["hardsigmoid", "relu", "relu6"]
 
 
 def test_report_commands(tmp_path, capsys):

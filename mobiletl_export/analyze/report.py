@@ -25,6 +25,7 @@ import onnx.inliner
 
 from device_runner.ort import nchwc_mismatch
 
+from ..plan import variant_note
 from .memory import USER_INPUTS, measure_tensors, stored_tensor_names
 
 MATMUL_OPS = {"Conv", "ConvGrad", "ConvTranspose", "Gemm", "MatMul"}
@@ -59,6 +60,7 @@ class Report:
     bwd_flops: int = 0
     backbone_fwd_flops: int = 0
     trainable_params: int = 0
+    hardswish_backward: str = ""  # "sign" (mobiletl's 1-bit mask) or "exact" (manifest field; plan.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -189,6 +191,9 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report.fwd_flops = sum(b.fwd_flops for b in blocks.values())
     report.bwd_flops = sum(b.bwd_flops for b in blocks.values())
     report.trainable_params = trainable_bytes // 4
+    # exports written before the field: mobiletl always used the sign mask
+    report.hardswish_backward = manifest.get("hardswish_backward",
+                                             "sign" if manifest["method"] == "mobiletl" else "exact")
     _analyze_portable(report, folder, manifest, batch)
     backbone = onnx.load(str(folder / manifest["files"]["backbone"]))
     bsizes = _shapes(backbone, batch)
@@ -215,8 +220,8 @@ def mib(n: int) -> str:
 
 
 def format_report(r: Report) -> str:
-    lines = [f"{r.model} {r.method} top-{r.top_k}, batch {r.batch}, {r.resolution} px (FLOPs = 2 x multiply-adds "
-             "of conv/linear ops)",
+    lines = [f"{r.model} {r.method}{variant_note(r.method, r.hardswish_backward)} top-{r.top_k}, batch {r.batch}, "
+             f"{r.resolution} px (FLOPs = 2 x multiply-adds of conv/linear ops)",
              f"{'block':<22}{'stored MiB':>12}{'fwd MFLOPs':>12}{'bwd MFLOPs':>12}{'trainable':>12}"]
     for b in r.blocks:
         lines.append(f"{b['name']:<22}{mib(b['stored_bytes']):>12}{b['fwd_flops'] / 1e6:>12,.1f}"

@@ -28,14 +28,15 @@ def _param_keys(ops: list[Op]) -> list[str]:
     return list(seen)
 
 
-def _steps(ops: list[Op], mode: str, masked: bool, trainable: frozenset) -> list[Step]:
-    """Decide per op which parameters train and which inputs need gradients (forward propagation)."""
+def _steps(ops: list[Op], mode: str, masked: frozenset, trainable: frozenset) -> list[Step]:
+    """Decide per op which parameters train, which inputs need gradients (forward propagation), and whether its
+    activation backward reads a 1-bit mask (`masked`: activation kinds, TrainingPlan.masked_activations)."""
     requires: set[str] = set()
     steps = []
     for op in ops:
         trained = frozenset(r for r, k in op.params.items() if k in trainable) if mode == "train" else frozenset()
         input_grads = tuple(v in requires for v in op.inputs)
-        step = Step(op, mode, masked, trained, input_grads)
+        step = Step(op, mode, op.kind in masked, trained, input_grads)
         if step.needs_backward:
             requires.update(op.outputs)
         steps.append(step)
@@ -77,7 +78,7 @@ def shape_of(tape: Tape, value: str) -> list:
 
 def backbone_pass(b: GraphBuilder, tape: Tape) -> None:
     """Inference forward of the frozen backbone (stem + lower IRBs): `image` -> `features`."""
-    _forward(b, _steps(tape.ops, "infer", False, frozenset()))
+    _forward(b, _steps(tape.ops, "infer", frozenset(), frozenset()))
 
 
 def param_keys(tape: Tape) -> list[str]:
@@ -119,9 +120,10 @@ def build_eval(tape: Tape, state: dict[str, np.ndarray], nchwc_block: int = 0) -
     return b.model()
 
 
-def training_pass(b: GraphBuilder, tape: Tape, trainable: tuple[str, ...], masked: bool) -> None:
+def training_pass(b: GraphBuilder, tape: Tape, trainable: tuple[str, ...], masked: frozenset) -> None:
     """Forward + backward of the region into `b`, which must already define `features`, `labels` and every
     parameter by its state_dict key. Writes `loss`, `logits` and `<key>_grad` for each trainable key.
+    `masked`: activation kinds whose backward reads a 1-bit mask (TrainingPlan.masked_activations).
     Shared by both artifact contracts (ORT training here, portable in package/portable.py)."""
     keys = _param_keys(tape.ops)
     missing = [k for k in trainable if k not in keys]
@@ -133,13 +135,13 @@ def training_pass(b: GraphBuilder, tape: Tape, trainable: tuple[str, ...], maske
 
 def eval_pass(b: GraphBuilder, tape: Tape, with_loss: bool = True) -> None:
     """Exact forward of the region (dropout off): `logits` (and `loss` when `with_loss`)."""
-    _forward(b, _steps(tape.ops + ([_loss_op(tape)] if with_loss else []), "eval", False, frozenset()))
+    _forward(b, _steps(tape.ops + ([_loss_op(tape)] if with_loss else []), "eval", frozenset(), frozenset()))
 
 
-def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
+def build_training(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: frozenset,
                    nchwc_block: int = 0) -> onnx.ModelProto:
-    """ORT on-device training contract. `nchwc_block` > 0: depthwise convs on ORT's x86 NCHWc kernels with
-    that block size (emit/nchwc.py)."""
+    """ORT on-device training contract. `masked`: activation kinds with a 1-bit mask backward; `nchwc_block` > 0:
+    depthwise convs on ORT's x86 NCHWc kernels with that block size (emit/nchwc.py)."""
     b = GraphBuilder("mobiletl_training", nchwc_block=nchwc_block)
     _region_inputs(b, tape, state)
     training_pass(b, tape, trainable, masked)

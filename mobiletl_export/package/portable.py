@@ -131,9 +131,10 @@ def _user_inputs(b: GraphBuilder, tape: Tape) -> None:
     b.add_input("labels", INT64, ["batch"])
 
 
-def build_train_step(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: bool,
+def build_train_step(tape: Tape, state: dict[str, np.ndarray], trainable: tuple[str, ...], masked: frozenset,
                      optimizer: str, weight_decay: float, nchwc_block: int = 0) -> onnx.ModelProto:
     """One standard-ONNX model per training step: forward, MobileTL backward, optimizer (module docstring).
+    `masked`: activation kinds whose backward reads a 1-bit mask (TrainingPlan.masked_activations).
     Node phases: fwd/, bwd/ (same nodes as the ORT-training graph's but for the standard dW and loss
     gradient), opt/."""
     b = GraphBuilder("mobiletl_train_step", nchwc_block=nchwc_block, portable=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import AbstractSet, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,9 @@ class ReferenceNet(nn.Module):
 
     @torch.no_grad()
     def backbone(self, images: torch.Tensor) -> torch.Tensor:
-        x = _conv_bn(self.plan.structure.stem, images, masked=False)
+        x = _conv_bn(self.plan.structure.stem, images, masked=frozenset())
         for block in self.plan.frozen_blocks:
-            x = _irb(block, x, masked=False)
+            x = _irb(block, x, masked=frozenset())
         return x
 
     def top(self, features: torch.Tensor) -> torch.Tensor:
@@ -65,12 +65,13 @@ def observe_activations(callback: Callable[[str, torch.Tensor], None]) -> Iterat
         _observers.remove(callback)
 
 
-def _act(kind: str | None, x: torch.Tensor, masked: bool) -> torch.Tensor:
+def _act(kind: str | None, x: torch.Tensor, masked: AbstractSet[str]) -> torch.Tensor:
+    """`masked`: activation kinds whose backward reads a 1-bit mask (TrainingPlan.masked_activations)."""
     if kind is None:
         return x
     for callback in _observers:
         callback(kind, x.detach())
-    return masked_activation(kind, x) if masked else exact.activation(kind, x)
+    return masked_activation(kind, x) if kind in masked else exact.activation(kind, x)
 
 
 def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -79,19 +80,19 @@ def _batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return FrozenScaleBatchNorm.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
 
 
-def _conv_bn(cb: ConvBN, x: torch.Tensor, masked: bool) -> torch.Tensor:
+def _conv_bn(cb: ConvBN, x: torch.Tensor, masked: AbstractSet[str]) -> torch.Tensor:
     x = exact.conv2d(x, cb.conv, cb.conv.weight, None)
     return _act(cb.act, _batch_norm(cb.bn, x), masked)
 
 
-def _squeeze_excite(se: SqueezeExcite, x: torch.Tensor, masked: bool) -> torch.Tensor:
+def _squeeze_excite(se: SqueezeExcite, x: torch.Tensor, masked: AbstractSet[str]) -> torch.Tensor:
     s = x.mean((2, 3), keepdim=True)
     s = _act(se.act, F.conv2d(s, se.fc1.weight, se.fc1.bias), masked)
     s = _act(se.gate, F.conv2d(s, se.fc2.weight, se.fc2.bias), masked)
     return x * s
 
 
-def _irb(block: IRB, x: torch.Tensor, masked: bool) -> torch.Tensor:
+def _irb(block: IRB, x: torch.Tensor, masked: AbstractSet[str]) -> torch.Tensor:
     y = x
     if block.expand is not None:
         y = _conv_bn(block.expand, y, masked)
@@ -102,7 +103,7 @@ def _irb(block: IRB, x: torch.Tensor, masked: bool) -> torch.Tensor:
     return x + y if block.residual else y
 
 
-def _head(head: Head, x: torch.Tensor, masked: bool, training: bool) -> torch.Tensor:
+def _head(head: Head, x: torch.Tensor, masked: AbstractSet[str], training: bool) -> torch.Tensor:
     for layer in head.layers:
         if isinstance(layer, Pool):
             x = x.mean((2, 3))

@@ -31,7 +31,7 @@ class Step:
 
     op: Op
     mode: str
-    masked: bool = False  # MobileTL 1-bit activation backward
+    masked: bool = False  # MobileTL 1-bit activation backward (for this op's kind: TrainingPlan.masked_activations)
     trained: frozenset = frozenset()  # roles of `op.params` that train
     input_grads: tuple = ()  # per input: does it need a gradient?
 
