@@ -114,20 +114,23 @@ def accuracy(trainer, features: np.ndarray, labels: np.ndarray, batch: int = 200
 
 
 def train_run(folder: Path, manifest: dict, data: dict, feats: dict, lr: float, seed: int, args, work: Path):
-    """One run of the runner's loop on precomputed features -> (trainer, per-epoch records, seconds)."""
+    """One run of the runner's loop (device_runner.train.Run) on precomputed features -> (trainer, per-epoch
+    records, seconds). `data`: {"train": Dataset, "val": Dataset or None}; `feats`: their backbone features
+    (float32 [N, ...]); `args`: epochs, batch_size, threads. RunnerError when the loss stops being finite."""
     run_dir = Path(tempfile.mkdtemp(dir=work))
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=seed, threads=args.threads,
                     progress=False, checkpoint_every=10**9, cache_mb=1e9)
     run = Run(folder, manifest, run_dir, data["train"], data["val"], cfg, resume=False)
     run.cache.fill(feats["train"])
-    run.val_cache.fill(feats["val"])
+    if run.val_cache is not None:
+        run.val_cache.fill(feats["val"])
     start = time.perf_counter()
     run.run()
     seconds = time.perf_counter() - start
     run.close()
     records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir)
-    curve = [{key: r[key] for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
+    curve = [{key: r[key] for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc") if key in r}
              for r in records if r["event"] == "epoch"]
     return run.trainer, curve, seconds
 
@@ -136,7 +139,7 @@ def study(args, data: dict, work: Path, log) -> dict:
     """Every (method, k) point: the learning-rate sweep, then the seeds. -> {"method/k": point}."""
     ks = sorted(args.ks)
     sweep_k = {m: (ks[0] if m == "last-layer" else args.sweep_k) for m in args.methods}
-    chosen: dict[str, float] = {}
+    chosen: dict[str, float] = {m: args.lr for m in args.methods} if args.lr else {}
     points: dict[str, dict] = {}
     labels = {name: d.labels for name, d in data.items()}
     for k in [args.sweep_k] + [k for k in ks if k != args.sweep_k]:  # the sweep's k first: it fixes the rates
@@ -324,6 +327,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--sweep-k", type=int, default=4, help="k of the learning-rate sweep")
     p.add_argument("--lrs", type=int, default=3, help="how many of each method's LR_GRID to try")
+    p.add_argument("--lr", type=float, help="no sweep: every method trains at this rate")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--val", type=int, default=1000)

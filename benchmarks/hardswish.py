@@ -52,6 +52,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # accuracy.py: the runner loop on precomputed features
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path("/var/cache/mobiletl/hardswish")
@@ -242,34 +243,25 @@ def backbone_features(folder: Path, manifest: dict, fitted: np.ndarray, threads:
 
 def finetune(folder: Path, manifest: dict, train: tuple, evals: dict, lr: float, epochs: int, batch: int,
              seed: int, threads: int) -> dict:
-    """Train the export's portable step on cached features; returns {eval name: accuracy} after the last epoch
-    and the final training loss. `train` = (features, labels); `evals` = {name: (features, labels)}.
-    Shuffle (PCG32, seed + epoch) and the cosine schedule are the runner's (device_runner/order.py, train.py)."""
-    from device_runner.order import permutation
-    from device_runner.portable import PortableTrainer
-    from device_runner.train import learning_rate
+    """Train the export's portable step on cached features with the runner's loop (device_runner.train.Run via
+    benchmarks/accuracy.py's train_run: PCG32 shuffle, cosine schedule); returns {eval name: accuracy} after the
+    last epoch and the last epoch's training loss (NaN, accuracies 0, when the rate diverges).
+    `train` = (features float32 [N, ...], labels int64 [N]); `evals` = {name: (features, labels)}."""
+    import accuracy as study
+    from device_runner import RunnerError
+    from device_runner.data import Dataset
 
-    trainer = PortableTrainer(folder, manifest, threads=threads)
     x, y = train
-    steps_per_epoch = math.ceil(len(y) / batch)
-    total, step, losses = steps_per_epoch * epochs, 0, []
-    for epoch in range(epochs):
-        order = permutation(len(y), seed + epoch)
-        for i in range(0, len(order), batch):
-            idx = np.sort(order[i:i + batch])
-            loss, _ = trainer.step(x[idx], y[idx], learning_rate(lr, "cosine", step, total))
-            losses.append(loss)
-            step += 1
-    if not np.isfinite(losses[-1]):
-        return {"train_loss": float("nan"), **{name: 0.0 for name in evals}}
-    result = {"train_loss": float(np.mean(losses[-steps_per_epoch:]))}
-    for name, (ex, ey) in evals.items():
-        correct = 0
-        for i in range(0, len(ey), 500):
-            _, logits = trainer.eval_step(ex[i:i + 500], ey[i:i + 500])
-            correct += int((logits.argmax(1) == ey[i:i + 500]).sum())
-        result[name] = correct / len(ey)
-    return result
+    settings = argparse.Namespace(epochs=epochs, batch_size=batch, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="finetune-") as work:
+        try:
+            trainer, curve, _ = study.train_run(folder, manifest, {"train": Dataset([None] * len(y), y, "features"),
+                                                                   "val": None}, {"train": x}, lr, seed, settings,
+                                                Path(work))
+        except RunnerError:  # the loss stopped being finite: this rate loses the sweep
+            return {"train_loss": float("nan"), **{name: 0.0 for name in evals}}
+    return {"train_loss": curve[-1]["train_loss"],
+            **{name: study.accuracy(trainer, ex, ey) for name, (ex, ey) in evals.items()}}
 
 
 # ---- 4. memory --------------------------------------------------------------------------------------------------
@@ -304,11 +296,12 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 def format_table(results: dict) -> str:
     s = results["settings"]
     mem = f"{s['memory_batch']} x {s['memory_resolution']} px"
-    lines = [f"| variant | k | test accuracy, mean ± spread ({len(s['seeds'])} seeds) | lr | stored MiB ({mem}) | "
+    lines = [f"| variant | k | test accuracy, mean (min–max, {len(s['seeds'])} seeds) | lr | stored MiB ({mem}) | "
              f"training MiB ({mem}) |", "|---|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
-        acc, spread = row["test_acc_mean"], row["test_acc_spread"]
-        lines.append(f"| {row['variant']} | {row['k']} | {100 * acc:.2f} % ± {100 * spread:.2f} | {row['lr']:g} | "
+        accs = [100 * a for a in row["test_acc_by_seed"].values()]
+        lines.append(f"| {row['variant']} | {row['k']} | {np.mean(accs):.2f} % ({min(accs):.2f}–{max(accs):.2f}) | "
+                     f"{row['lr']:g} | "
                      f"{row['memory']['stored_bytes'] / 2**20:.2f} | {row['memory']['training_bytes'] / 2**20:.2f} |")
     return "\n".join(lines)
 
@@ -317,10 +310,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny pretraining and data, k=2, one seed and rate (< 1 min)")
     p.add_argument("--model", default="mbv3-small", choices=("mbv3-small", "mbv3-large"))
-    p.add_argument("--resolution", type=int, default=32, help="pretraining and fine-tuning resolution (px)")
+    p.add_argument("--resolution", type=int, default=48, help="pretraining and fine-tuning resolution (px)")
     p.add_argument("--ks", type=int, nargs="+", default=[2, 5], help="top-k values")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3], help="AdamW learning rates swept")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="AdamW learning rates swept")
     p.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
     p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch")
     p.add_argument("--train-samples", type=int, default=2500, help="target training images (incl. validation)")
@@ -334,7 +327,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="PyTorch and onnxruntime threads")
     p.add_argument("--cache-dir", default=str(CACHE), help="where the pretrained source weights are cached")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", default=str(ROOT / "docs" / "accuracy" / "hardswish.json"),
+                   help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.ks, args.seeds, args.lrs, args.epochs = [2], [0], [1e-3], 2
