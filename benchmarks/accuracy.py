@@ -51,6 +51,8 @@ from device_runner.data import Dataset, load_dataset, preprocess  # noqa: E402
 from device_runner.order import SUBSET, permutation  # noqa: E402
 from device_runner.ort import Inference  # noqa: E402
 from device_runner.train import Run, RunConfig  # noqa: E402
+from mobiletl_export.analyze.report import analyze_folder  # noqa: E402 (imported up front: an hour-long run
+from mobiletl_export.export import ExportConfig, export  # noqa: E402     must not meet edited sources late)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 MODEL = "efficientnet-lite0"
@@ -84,8 +86,6 @@ def fashion_mnist(n_train: int, n_val: int, n_test: int) -> dict[str, Dataset]:
 
 def export_to(out: Path, method: str, k: int, resolution: int, seed: int, target: str = "generic") -> dict:
     """mobiletl-export into `out` (EfficientNet-Lite0 ImageNet weights, 10 classes, defaults otherwise)."""
-    from mobiletl_export.export import ExportConfig, export
-
     if not (out / "manifest.json").exists():
         export(ExportConfig(model=MODEL, top_k=k, method=method, resolution=resolution, num_classes=10, seed=seed,
                             out=str(out), force=True, target=target))
@@ -135,12 +135,14 @@ def train_run(folder: Path, manifest: dict, data: dict, feats: dict, lr: float, 
     return run.trainer, curve, seconds
 
 
-def study(args, data: dict, work: Path, log) -> dict:
-    """Every (method, k) point: the learning-rate sweep, then the seeds. -> {"method/k": point}."""
+def study(args, data: dict, work: Path, log, done: dict, save) -> dict:
+    """Every (method, k) point: the learning-rate sweep, then the seeds. -> {"method/k": point}.
+    Points in `done` (an interrupted run's, --resume) are kept; `save(points)` is called after each new one."""
     ks = sorted(args.ks)
     sweep_k = {m: (ks[0] if m == "last-layer" else args.sweep_k) for m in args.methods}
     chosen: dict[str, float] = {m: args.lr for m in args.methods} if args.lr else {}
-    points: dict[str, dict] = {}
+    chosen.update({p["method"]: p["lr"] for p in done.values()})
+    points: dict[str, dict] = dict(done)
     labels = {name: d.labels for name, d in data.items()}
     for k in [args.sweep_k] + [k for k in ks if k != args.sweep_k]:  # the sweep's k first: it fixes the rates
         methods = [m for m in args.methods if m != "last-layer" or k == ks[0]]
@@ -148,6 +150,9 @@ def study(args, data: dict, work: Path, log) -> dict:
             continue
         feats, backbone_sha = None, None
         for method in methods:
+            if f"{method}/{k}" in points:
+                log(f"{method:10s} k={k:2d}: kept from the interrupted run")
+                continue
             point = points[f"{method}/{k}"] = {"method": method, "k": k, "seeds": []}
             for seed in range(args.seeds):
                 folder = work / f"{method}-k{k}-s{seed}"
@@ -179,6 +184,7 @@ def study(args, data: dict, work: Path, log) -> dict:
             point.update(test_acc=float(np.mean(accs)), test_min=min(accs), test_max=max(accs))
             log(f"{method:10s} k={k:2d}: test {point['test_acc']:.4f} ({point['test_min']:.4f}-{point['test_max']:.4f})"
                 f" at lr {point['lr']:g}")
+            save(points)
         del feats
     return points
 
@@ -207,8 +213,6 @@ def runner_peak_rss(folder: Path, npz: Path, work: Path, python: str, threads: i
 
 def memory(args, points: dict, data: dict, work: Path, log) -> None:
     """Analysed training memory, FLOPs and the runner's peak RSS of every point at batch 8, --memory-resolution."""
-    from mobiletl_export.analyze.report import analyze_folder
-
     npz = work / "rss.npz"
     idx = range(36)  # 4 training batches of 8 after the 10 % validation split
     np.savez(npz, x=np.stack([data["train"].image(i)[..., 0] for i in idx]), y=data["train"].labels[list(idx)])
@@ -340,6 +344,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host", choices=("generic", "x86-avx2", "x86-avx512", "host"),
                    help="the training exports' target (host: ORT's NCHWc depthwise kernels on x86, same numbers "
                         "within float rounding, about 2x faster); memory is analysed on generic exports")
+    p.add_argument("--resume", action="store_true", help="keep the points an interrupted run with the same "
+                   "settings finished (OUT/points.partial.json)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory / RSS / FLOPs columns")
     p.add_argument("--runner-python", default=str(ROOT / ".venv-runner" / "bin" / "python"),
                    help="the device runner's Python (plain onnxruntime) for the peak-RSS runs")
@@ -360,7 +366,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--sweep-k {args.sweep_k} is not one of --ks {args.ks}")
     if not args.no_memory and not Path(args.runner_python).exists():
         raise SystemExit(f"no runner Python at {args.runner_python} (bash scripts/setup.sh), or --no-memory")
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "runner_python")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "runner_python", "resume")}
     settings.update(model=MODEL, cpu=cpu_name(), cores=os.cpu_count(), lr_grid={m: LR_GRID[m][:args.lrs] for m in
                     args.methods}, data_seed=DATA_SEED, optimizer="adamw, weight decay 0.01, cosine schedule")
     start = time.perf_counter()
@@ -369,18 +375,34 @@ def main(argv=None) -> dict:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "points.partial.json"  # finished points, for --resume after an interruption
+    done = {}
+    if args.resume and partial.exists():
+        earlier = json.loads(partial.read_text())
+        if earlier["settings"] != json.loads(json.dumps(settings)):
+            raise SystemExit(f"{partial} was made with other settings; run without --resume")
+        done = earlier["points"]
+
+    def save(points: dict) -> None:
+        tmp = partial.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "points": points}))
+        tmp.replace(partial)
+
     data = fashion_mnist(args.train, args.val, args.test)
     with tempfile.TemporaryDirectory(prefix="mobiletl-accuracy-") as tmp:
         work = Path(tmp)
-        points = study(args, data, work, log)
+        points = study(args, data, work, log, done, save)
         settings["study_seconds"] = round(time.perf_counter() - start)
         if not args.no_memory:
             memory(args, points, data, work, log)
     settings["total_seconds"] = round(time.perf_counter() - start)
+    if done:
+        settings["resumed_points"] = sorted(done)
     result = {"settings": settings, "points": points, "claims": claims(points)}
     tmp_json = args.out / ".results.json.tmp"
     tmp_json.write_text(json.dumps(result, indent=1))
     tmp_json.replace(args.out / "results.json")
+    partial.unlink(missing_ok=True)
     text = table(points) + "\n\n" + "\n".join(f"- {c}" for c in result["claims"]) + "\n"
     (args.out / "table.md").write_text(text)
     plots(points, settings, args.out)
