@@ -92,6 +92,7 @@ def test_report_commands(tmp_path, capsys):
                         "--png", str(png)]) == 0
     text = capsys.readouterr().out
     assert all(f"| {m} |" in text for m in METHODS)
+    assert "| mobiletl (exact Hard-Swish backward) |" in text  # MobileNetV3: the sign approximation's price
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report_main([str(tmp_path / "nope")]) == 2
 
