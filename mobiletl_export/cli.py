@@ -136,7 +136,8 @@ def report_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mobiletl-report", description="Memory and FLOPs of exported training graphs.")
     p.add_argument("folder", nargs="?", help="artifact folder written by mobiletl-export")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--compare", action="store_true", help="export and compare the methods for --model/--top-k (MobileNetV3: also the exact Hard-Swish backward)")
+    p.add_argument("--compare", action="store_true", help="export and compare the methods for --model/--top-k "
+                   "(MobileNetV3: also the exact Hard-Swish backward)")
     p.add_argument("--model", choices=MODEL_NAMES)
     p.add_argument("--top-k", type=int)
     p.add_argument("--resolution", type=int, default=224)
