@@ -60,6 +60,7 @@ METHODS = ("mobiletl", "vanilla", "bias-only", "last-layer")
 # AdamW learning rates tried per method (the baselines train few, mostly bias-like tensors: higher rates)
 LR_GRID = {"mobiletl": (3e-4, 1e-3, 3e-3), "vanilla": (3e-4, 1e-3, 3e-3), "bias-only": (1e-3, 3e-3, 1e-2),
            "last-layer": (1e-3, 3e-3, 1e-2)}
+NUM_BLOCKS = {MODEL: 16}  # MBConv blocks (IRBs) of EfficientNet-Lite0 (mobiletl_export/models/efficientnet_lite.py)
 DATA_SEED = 2023  # which training images form the train / val subsets (the same for every run)
 MARKERS = {"mobiletl": "o", "vanilla": "s", "bias-only": "^", "last-layer": "D"}
 
@@ -170,7 +171,7 @@ def study(args, data: dict, work: Path, log, done: dict, save) -> dict:
                 for lr in (LR_GRID[method][:args.lrs] if sweeping else (chosen[method],)):
                     trainer, curve, seconds = train_run(folder, manifest, data, feats, lr, seed, args, work)
                     runs.append((curve[-1]["val_acc"], lr, trainer, curve, seconds))
-                    log(f"{method:10s} k={k:2d} seed {seed} lr {lr:g}: val {curve[-1]['val_acc']:.4f} "
+                    log(f"{method:10s} k={k:2d} seed {seed} lr {lr:g}: validation {100 * curve[-1]['val_acc']:.2f} % "
                         f"({seconds:.0f} s)")
                 if sweeping:
                     point["sweep"] = {f"{lr:g}": val for val, lr, *_ in runs}
@@ -182,7 +183,8 @@ def study(args, data: dict, work: Path, log, done: dict, save) -> dict:
                 shutil.rmtree(folder)
             accs = [s["test_acc"] for s in point["seeds"]]
             point.update(test_acc=float(np.mean(accs)), test_min=min(accs), test_max=max(accs))
-            log(f"{method:10s} k={k:2d}: test {point['test_acc']:.4f} ({point['test_min']:.4f}-{point['test_max']:.4f})"
+            log(f"{method:10s} k={k:2d}: test {100 * point['test_acc']:.2f} % ({100 * point['test_min']:.2f}–"
+                f"{100 * point['test_max']:.2f})"
                 f" at lr {point['lr']:g}")
             save(points)
         del feats
@@ -208,6 +210,8 @@ def runner_peak_rss(folder: Path, npz: Path, work: Path, python: str, threads: i
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise SystemExit(f"the runner failed on {folder}: {lines[-1] if lines else proc.returncode}")
+    if not hwm.exists():
+        raise SystemExit(f"{python} ran but did not report its peak memory: not a Python that runs device_runner")
     return int(hwm.read_text().split()[1]) / 1024  # "VmHWM:  123456 kB"
 
 
@@ -318,7 +322,10 @@ def plots(points: dict, settings: dict, out: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy (%)")
-    axes[0][0].legend(fontsize=7)
+    handles = {}  # one legend entry per method, from whichever panel has it
+    for a in axes[0]:
+        handles.update({label: h for h, label in zip(*a.get_legend_handles_labels())})
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
@@ -354,18 +361,47 @@ def parser() -> argparse.ArgumentParser:
 
 
 QUICK = dict(ks=[1, 2], sweep_k=2, lrs=2, seeds=2, train=300, val=200, test=500, epochs=2, resolution=32,
-             memory_resolution=64)
+             memory_resolution=64, out=Path(tempfile.gettempdir()) / "mobiletl-accuracy-quick")  # not docs/
+
+
+def check_args(args) -> None:
+    """Every option checked before an hour of work starts: SystemExit with one line."""
+    blocks = NUM_BLOCKS[MODEL]
+    if not all(1 <= k <= blocks for k in args.ks):
+        raise SystemExit(f"--ks: {MODEL} has {blocks} blocks; k must be in 1..{blocks}")
+    if any(m != "last-layer" for m in args.methods) and args.lr is None and args.sweep_k not in args.ks:
+        raise SystemExit(f"--sweep-k {args.sweep_k} is not one of --ks {args.ks}")
+    if not 32 <= args.resolution <= 1024 or not 32 <= args.memory_resolution <= 1024:
+        raise SystemExit("--resolution and --memory-resolution must be between 32 and 1024")
+    for name in ("train", "val", "test", "epochs", "batch_size", "seeds", "lrs", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.no_memory:
+        probe = subprocess.run([args.runner_python, "-c", "import device_runner, onnxruntime; print('ok')"], cwd=ROOT,
+                               capture_output=True, text=True) if Path(args.runner_python).exists() else None
+        if probe is None or probe.returncode != 0 or probe.stdout.strip() != "ok":
+            why = ("not found" if probe is None else probe.stderr.strip().splitlines()[-1] if probe.stderr.strip()
+                   else "it did not import device_runner and onnxruntime")
+            raise SystemExit(f"--runner-python {args.runner_python} cannot run the device runner ({why}); "
+                             "bash scripts/setup.sh makes .venv-runner, or pass --no-memory")
 
 
 def main(argv=None) -> dict:
-    args = parser().parse_args(argv)
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
-    if args.sweep_k not in args.ks:
-        raise SystemExit(f"--sweep-k {args.sweep_k} is not one of --ks {args.ks}")
-    if not args.no_memory and not Path(args.runner_python).exists():
-        raise SystemExit(f"no runner Python at {args.runner_python} (bash scripts/setup.sh), or --no-memory")
+    """The study (module docstring); returns results.json's content. SystemExit(130) on Ctrl-C: the finished
+    points stay in OUT/points.partial.json for --resume."""
+    p = parser()
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(**QUICK)  # options given on the command line still win
+    args = p.parse_args(argv)
+    check_args(args)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted; the finished points are in {args.out / 'points.partial.json'}: "
+                         "rerun the same command with --resume to keep them") from None
+
+
+def run(args) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "runner_python", "resume")}
     settings.update(model=MODEL, cpu=cpu_name(), cores=os.cpu_count(), lr_grid={m: LR_GRID[m][:args.lrs] for m in
                     args.methods}, data_seed=DATA_SEED, optimizer="adamw, weight decay 0.01, cosine schedule")

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobiletl-export: WARNING: the frozen layers of this export are untrained ({m['weights']}): every "
               "image gives nearly the same features, so training will not learn (mobiletl-train refuses such "
               "features). For real use pass --weights FILE, a trained state_dict of the model.", file=sys.stderr)
+    if variant and not any(n.op_type == "HardSwish" for n in onnx.load(result.files["training_model"]).graph.node):
+        print(f"note: the top-{m['top_k']} region of {m['model']} has no Hard-Swish, so --hardswish-backward exact "
+              "changes nothing (the graphs equal the default export's)")
     print(f"trainable parameters: {m['trainable_parameter_count']:,} in {len(m['trainable'])} tensors; "
           f"frozen region tensors: {len(m['frozen'])}")
     if stored is None:

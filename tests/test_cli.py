@@ -202,7 +202,10 @@ def test_hardswish_backward_option(tmp_path, capsys, monkeypatch):
     args = ["--model", "mbv3-small", "--top-k", "2", "--resolution", "32"]
     code, stdout, err = run_cli(args + ["--hardswish-backward", "exact"], capsys)
     assert code == 0, err
-    assert "mobiletl (exact Hard-Swish backward), top-2" in stdout
+    assert "mobiletl (exact Hard-Swish backward), top-2" in stdout and "has no Hard-Swish" not in stdout
+    code, mbv2_out, err = run_cli(["--model", "mbv2", "--top-k", "2", "--resolution", "32", "--hardswish-backward",
+                                   "exact"], capsys)
+    assert code == 0 and "the top-2 region of mbv2 has no Hard-Swish" in mbv2_out, err
     out = tmp_path / "artifacts" / "mbv3-small-top2-mobiletl-hardswish-exact"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["hardswish_backward"] == "exact" and "hardswish" not in manifest["masked_activations"]
