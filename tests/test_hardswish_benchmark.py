@@ -17,7 +17,7 @@ def test_quick_run_end_to_end(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hardswish.py"), "--quick", "--threads", "1",
                            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| mobiletl (exact hswish) | 2 |" in proc.stdout
     results = json.loads(out.read_text())
