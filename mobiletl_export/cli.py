@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     m = result.manifest
     import onnx
 
-    stored = None if foreign else measure_stored(onnx.load(result.files["training_model"]), batch=1)
+    training = onnx.load(result.files["training_model"])
+    stored = None if foreign else measure_stored(training, batch=1)
     print(f"wrote {result.out}/ in {result.seconds:.1f} s")
     for name in list(m["files"].values()) + ["manifest.json"]:
         print(f"  {name}")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobiletl-export: WARNING: the frozen layers of this export are untrained ({m['weights']}): every "
               "image gives nearly the same features, so training will not learn (mobiletl-train refuses such "
               "features). For real use pass --weights FILE, a trained state_dict of the model.", file=sys.stderr)
-    if variant and not any(n.op_type == "HardSwish" for n in onnx.load(result.files["training_model"]).graph.node):
+    if variant and not any(n.op_type == "HardSwish" for n in training.graph.node):
         print(f"note: the top-{m['top_k']} region of {m['model']} has no Hard-Swish, so --hardswish-backward exact "
               "changes nothing (the graphs equal the default export's)")
     print(f"trainable parameters: {m['trainable_parameter_count']:,} in {len(m['trainable'])} tensors; "

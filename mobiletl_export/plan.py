@@ -8,9 +8,10 @@ All BatchNorms keep their running statistics frozen (eval-mode normalisation) un
 | mobiletl   | train                 | beta only                       | gamma, beta      | 1-bit masks         |
 | vanilla    | train                 | gamma, beta                     | gamma, beta      | exact               |
 | bias-only  | final linear only     | beta only                       | beta only        | exact               |
-  (bias-only: every bias of the region - BN betas, squeeze-excitation and head linear biases - plus the final
-  linear, as TinyTL's "FT-Bias" baseline: Cai et al., NeurIPS 2020, Sec. 4)
 | last-layer | final linear only     | frozen                          | frozen           | exact               |
+
+bias-only trains every bias of the region - BN betas, squeeze-excitation and head linear biases - plus the final
+linear, as TinyTL's "FT-Bias" baseline (Cai et al., NeurIPS 2020, Sec. 4).
 
 Masks (mobiletl): ReLU6 1{0<x<6} and ReLU 1{x>0} (exact), Hard-Sigmoid (1/6)*1{-3<x<3} (exact),
 Hard-Swish 1{x>=0} (the paper's approximation; `hardswish_backward="sign"`, the default).

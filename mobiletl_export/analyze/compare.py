@@ -12,10 +12,10 @@ from .report import Report, analyze_folder, mib
 
 def compare_methods(model: str, top_k: int, resolution: int = 224, batch: int = 8, seed: int = 0,
                     weights: str = "default") -> list[Report]:
-    from ..export import ExportConfig, export
-
     """Reports (batch `batch`, `resolution` px) of `model`'s top-`top_k` under each method, in METHODS order;
     MobileNetV3 (Hard-Swish) adds mobiletl with `--hardswish-backward exact` after mobiletl."""
+    from ..export import ExportConfig, export
+
     variants = [(method, None) for method in METHODS]
     if model.startswith("mbv3"):
         variants.insert(1, ("mobiletl", "exact"))

@@ -25,7 +25,7 @@ import onnx.inliner
 
 from device_runner.ort import nchwc_mismatch
 
-from ..plan import variant_note
+from ..plan import resolve_hardswish_backward, variant_note
 from .memory import USER_INPUTS, measure_tensors, stored_tensor_names
 
 MATMUL_OPS = {"Conv", "ConvGrad", "ConvTranspose", "Gemm", "MatMul"}
@@ -191,9 +191,8 @@ def analyze_folder(folder: Path, batch: int = 8) -> Report:
     report.fwd_flops = sum(b.fwd_flops for b in blocks.values())
     report.bwd_flops = sum(b.bwd_flops for b in blocks.values())
     report.trainable_params = trainable_bytes // 4
-    # exports written before the field: mobiletl always used the sign mask
-    report.hardswish_backward = manifest.get("hardswish_backward",
-                                             "sign" if manifest["method"] == "mobiletl" else "exact")
+    # exports written before the field get the method's own (mobiletl always used the sign mask)
+    report.hardswish_backward = resolve_hardswish_backward(manifest["method"], manifest.get("hardswish_backward"))
     _analyze_portable(report, folder, manifest, batch)
     backbone = onnx.load(str(folder / manifest["files"]["backbone"]))
     bsizes = _shapes(backbone, batch)
