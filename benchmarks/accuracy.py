@@ -53,6 +53,7 @@ from device_runner.ort import Inference  # noqa: E402
 from device_runner.train import Run, RunConfig  # noqa: E402
 from mobiletl_export.analyze.report import analyze_folder  # noqa: E402 (imported up front: an hour-long run
 from mobiletl_export.export import ExportConfig, export  # noqa: E402     must not meet edited sources late)
+from mobiletl_export.models import create_model  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 MODEL = "efficientnet-lite0"
@@ -60,7 +61,6 @@ METHODS = ("mobiletl", "vanilla", "bias-only", "last-layer")
 # AdamW learning rates tried per method (the baselines train few, mostly bias-like tensors: higher rates)
 LR_GRID = {"mobiletl": (3e-4, 1e-3, 3e-3), "vanilla": (3e-4, 1e-3, 3e-3), "bias-only": (1e-3, 3e-3, 1e-2),
            "last-layer": (1e-3, 3e-3, 1e-2)}
-NUM_BLOCKS = {MODEL: 16}  # MBConv blocks (IRBs) of EfficientNet-Lite0 (mobiletl_export/models/efficientnet_lite.py)
 DATA_SEED = 2023  # which training images form the train / val subsets (the same for every run)
 MARKERS = {"mobiletl": "o", "vanilla": "s", "bias-only": "^", "last-layer": "D"}
 
@@ -122,13 +122,15 @@ def train_run(folder: Path, manifest: dict, data: dict, feats: dict, lr: float, 
     cfg = RunConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=seed, threads=args.threads,
                     progress=False, checkpoint_every=10**9, cache_mb=1e9)
     run = Run(folder, manifest, run_dir, data["train"], data["val"], cfg, resume=False)
-    run.cache.fill(feats["train"])
-    if run.val_cache is not None:
-        run.val_cache.fill(feats["val"])
-    start = time.perf_counter()
-    run.run()
-    seconds = time.perf_counter() - start
-    run.close()
+    try:
+        run.cache.fill(feats["train"])
+        if run.val_cache is not None:
+            run.val_cache.fill(feats["val"])
+        start = time.perf_counter()
+        run.run()
+        seconds = time.perf_counter() - start
+    finally:
+        run.close()
     records = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shutil.rmtree(run_dir)
     curve = [{key: r[key] for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc") if key in r}
@@ -366,7 +368,7 @@ QUICK = dict(ks=[1, 2], sweep_k=2, lrs=2, seeds=2, train=300, val=200, test=500,
 
 def check_args(args) -> None:
     """Every option checked before an hour of work starts: SystemExit with one line."""
-    blocks = NUM_BLOCKS[MODEL]
+    blocks = len(create_model(MODEL, num_classes=10).structure().blocks)  # MBConv blocks (IRBs)
     if not all(1 <= k <= blocks for k in args.ks):
         raise SystemExit(f"--ks: {MODEL} has {blocks} blocks; k must be in 1..{blocks}")
     if any(m != "last-layer" for m in args.methods) and args.lr is None and args.sweep_k not in args.ks:

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))  # accuracy.py: the runner loop on precomputed features
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy as study  # noqa: E402  the runner's loop on precomputed features, test accuracy, CPU name
+from device_runner.data import normalize  # noqa: E402  the runner's float32 normalisation of fitted images
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path("/var/cache/mobiletl/hardswish")
@@ -94,17 +96,6 @@ def fit_all(images: np.ndarray, resolution: int, spec: dict) -> np.ndarray:
     from device_runner.data import fit
 
     return np.stack([fit(im, resolution, spec) for im in images])
-
-
-def normalise(fitted: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 [N, R, R, 1] fitted images -> float32 [N, 3, R, R]: grey to RGB, (x / 255 - mean) / std, the same
-    float32 operations in the same order as device_runner.data.preprocess (so the features are the runner's)."""
-    out = np.ascontiguousarray(np.broadcast_to(fitted.transpose(0, 3, 1, 2), (len(fitted), 3) + fitted.shape[1:3]),
-                               np.float32)
-    out /= 255.0
-    out -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    out /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    return out
 
 
 # ---- 1. source pretraining (PyTorch) ---------------------------------------------------------------------------
@@ -151,7 +142,7 @@ def pretrain(args, spec: dict, log) -> tuple[Path, dict]:
             batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
             dy, dx = rng.integers(-2, 3, size=2)  # the same small shift for the whole batch
             batch = np.roll(batch, (int(dy), int(dx)), axis=(1, 2))
-            x = torch.from_numpy(normalise(batch, norm.mean, norm.std))
+            x = torch.from_numpy(normalize(batch, norm.mean, norm.std))
             y = torch.from_numpy(y_train[idx])
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=0.1)
@@ -183,7 +174,7 @@ def _torch_accuracy(model, x: np.ndarray, y: np.ndarray, norm) -> float:
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), 500):
-            logits = model(torch.from_numpy(normalise(x[i:i + 500], norm.mean, norm.std)))
+            logits = model(torch.from_numpy(normalize(x[i:i + 500], norm.mean, norm.std)))
             correct += int((logits.argmax(1).numpy() == y[i:i + 500]).sum())
     return correct / len(x)
 
@@ -237,7 +228,7 @@ def backbone_features(folder: Path, manifest: dict, fitted: np.ndarray, threads:
 
     backbone = Inference(folder / manifest["files"]["backbone"], threads)
     norm = manifest["normalization"]
-    return np.concatenate([backbone(normalise(fitted[i:i + 256], norm["mean"], norm["std"]))
+    return np.concatenate([backbone(normalize(fitted[i:i + 256], norm["mean"], norm["std"]))
                            for i in range(0, len(fitted), 256)])
 
 
@@ -247,7 +238,6 @@ def finetune(folder: Path, manifest: dict, train: tuple, evals: dict, lr: float,
     benchmarks/accuracy.py's train_run: PCG32 shuffle, cosine schedule); returns {eval name: accuracy} after the
     last epoch and the last epoch's training loss (NaN, accuracies 0, when the rate diverges).
     `train` = (features float32 [N, ...], labels int64 [N]); `evals` = {name: (features, labels)}."""
-    import accuracy as study
     from device_runner import RunnerError
     from device_runner.data import Dataset
 
@@ -278,16 +268,6 @@ def memory(model_name: str, k: int, variant: str, resolution: int, batch: int, t
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.max(values) - np.min(values))
@@ -415,7 +395,7 @@ def run(args, log=print) -> dict:
     wall = time.perf_counter() - start
     settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
     results = {"settings": settings, "source": source_record, "source_weights": str(source), "rows": rows,
-               "exports": exports, "wall_seconds": round(wall, 1), "cpu": cpu_name(),
+               "exports": exports, "wall_seconds": round(wall, 1), "cpu": study.cpu_name(),
                "versions": _versions(), "command": " ".join([".venv/bin/python", "benchmarks/hardswish.py",
                                                              *sys.argv[1:]])}
     return results

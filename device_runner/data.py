@@ -397,11 +397,19 @@ def fit(im: np.ndarray, resolution: int, spec: dict | None = None) -> np.ndarray
 
 def preprocess(images: list[np.ndarray], resolution: int, mean, std, spec: dict | None = None) -> np.ndarray:
     """uint8 H x W x C images (C 1 or 3) -> float32 [N, 3, R, R]: fitted to R x R (`fit`, the manifest's
-    `preprocess`; default squash), grey broadcast to RGB, then (x / 255 - mean) / std in float32."""
-    out = np.empty((len(images), 3, resolution, resolution), np.float32)
+    `preprocess`; default squash), then `normalize`d."""
+    fitted = np.empty((len(images), resolution, resolution, 3), np.uint8)
     for i, im in enumerate(images):
-        im = fit(im, resolution, spec)
-        out[i] = np.broadcast_to(im, (resolution, resolution, 3)).transpose(2, 0, 1)
+        fitted[i] = fit(im, resolution, spec)  # grey broadcast to RGB
+    return normalize(fitted, mean, std)
+
+
+def normalize(fitted: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 [N, H, W, C] images already fitted (C 1 or 3) -> float32 [N, 3, H, W]: grey broadcast to RGB, then
+    (x / 255 - mean) / std, each step in float32 in that order (as every runner does, docs/MANIFEST.md)."""
+    n, h, w = fitted.shape[:3]
+    out = np.empty((n, 3, h, w), np.float32)
+    out[:] = fitted.transpose(0, 3, 1, 2)
     out /= 255.0
     out -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
     out /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)

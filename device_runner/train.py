@@ -149,8 +149,9 @@ class Run:
         return cache.get(index, lambda idx: self._compute(data, idx))
 
     def check_backbone(self) -> None:
-        """Compute (and cache) the features of the first training images and refuse a dead backbone
-        (check_features) before anything is trained or printed."""
+        """Compute the features of the first training images and refuse a dead backbone (check_features) before
+        anything is trained or printed (outside the cache, so its hit counts stay true: 8 images are computed
+        again in the first epoch)."""
         if len(self.train_data) >= 2 and not self.features_checked:  # outside the cache: its counts stay true
             self._compute(self.train_data, np.arange(min(len(self.train_data), 8)))
 
