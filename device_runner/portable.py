@@ -76,7 +76,15 @@ class PortableTrainer:
             else:
                 self.state[name] = self._flat(tensors, f"{name}/", path)
 
-    def _flat(self, tensors: dict, prefix: str, path: Path) -> np.ndarray:
+    def reset(self, parameters: dict[str, np.ndarray]) -> None:
+        """Start again from `parameters` (state_dict key -> float32 array of the manifest's shape, every
+        trainable key) with a fresh optimizer: zero moments, step 0 — a new local training from a global model
+        (device_runner/federated). RunnerError naming the first missing or mis-shaped tensor."""
+        self.params = self._flat(parameters, "", "the given parameters")
+        self.state = {name: np.zeros(self.size, np.float32) for name in self.state_names}
+        self.step_count = 0
+
+    def _flat(self, tensors: dict, prefix: str, path: Path | str) -> np.ndarray:
         flat = np.empty(self.size, np.float32)
         for e in self.entries:
             t = tensors.get(prefix + e["name"])

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,20 @@ class Run:
             self.cache.restore_index(index)
         self.trainer = trainer(folder, manifest, start, cfg.threads)
         self.metrics = open(run_dir / "metrics.jsonl", "a")
+
+    def restart(self, parameters: dict[str, np.ndarray], epochs: int, lr: float, seed: int) -> None:
+        """Begin a new training of `epochs` epochs at base rate `lr` from `parameters` (trainable tensors by
+        state_dict key, float32): fresh optimizer state, step 0, epochs shuffled with seeds `seed`, `seed + 1`,
+        ...; the feature cache is kept (the backbone is frozen). A federated client calls it every round with
+        the global model (device_runner/federated/client.py). Portable backend only (RunnerError otherwise)."""
+        if not hasattr(self.trainer, "reset"):
+            raise RunnerError(f"backend {self.cfg.backend} cannot restart from given parameters; use portable")
+        self.trainer.reset(parameters)
+        self.cfg = replace(self.cfg, epochs=epochs, seed=seed)
+        self.lr = lr
+        self.total_steps = self.steps_per_epoch * epochs
+        self.state = {"step": 0, "epoch": 0, "seed": seed, "shuffle": SHUFFLE,
+                      "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
 
     # -- pieces ------------------------------------------------------------------------------------------
     def _compute(self, data: Dataset, idx: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ install() {  # install VENV PIP-ARGS...: once per pyproject.toml version
 }
 # torch==2.13.0 resolves to the CPU build that lies on this machine's disk (see README).
 install .venv -e ".[export,test,plot]"
-install .venv-runner -e ".[runner]"
+install .venv-runner -e ".[runner,simulation]"
 install .venv-runner-min -e ".[runner]" "onnxruntime==1.17.3" "numpy<2"
 # The JavaScript runner (device_runner/web): `npm ci` once per package-lock.json version (stamp in node_modules,
 # which npm ci recreates). ONNXRUNTIME_NODE_INSTALL=skip: onnxruntime-node's postinstall would download extras

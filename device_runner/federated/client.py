@@ -1,0 +1,151 @@
+"""The ClientApp: one device's part of a federated MobileTL run.
+
+Every `train` message carries the global trainable tensors and the round's config; the client checks them
+against its export (payload.py), trains `local-epochs` epochs of its own data with device_runner.train.Run
+(portable step on plain onnxruntime, no torch; the frozen backbone's features are computed once and cached
+in the node's work folder), and replies with its tensors, `num-examples` (FedAvg's weight), its training loss
+and accuracy, and its export's manifest hash (the server refuses other exports). `evaluate` replies the global
+model's loss and accuracy on the node's data.
+
+Where things come from (node config overrides run config; Flower's simulation engine sets partition-id and
+num-partitions, a SuperNode gets them from `--node-config`):
+  export         artifact folder (the same export on every client and on the server)
+  data           the node's images: class-per-folder directory, .npz or idx3 file (device_runner/data.py)
+  partition-id, num-partitions
+                 simulate many clients on one pool: keep this partition of `data` (partition.py; run config
+                 `partitioner`, `alpha`, `partition-seed`, `max-samples` pick the scheme and the pool)
+  work-dir       feature cache, metrics.jsonl and last checkpoint of the node (default: a folder per run and
+                 node under the system's temporary directory)
+  threads        onnxruntime intra-op threads (default 1: simulated clients share the CPU)
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .. import RunnerError
+from ..data import Dataset, load_dataset
+from ..manifest import load_manifest
+from ..train import Run, RunConfig
+from .partition import partition
+from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, to_record
+
+app = ClientApp()
+
+
+def setting(context: Context, key: str, default=None):
+    """A node-config value, else the run config's, else `default`."""
+    for source in (context.node_config, context.run_config):
+        if key in source and source[key] != "":
+            return source[key]
+    return default
+
+
+def node_data(context: Context, num_classes: int, resolution: int) -> Dataset:
+    """This node's samples: its `data`, or its partition of the pool when `num-partitions` is set."""
+    spec = setting(context, "data")
+    if not spec:
+        raise RunnerError("no data for this node: set node config data=PATH (or run config data)")
+    pool = int(setting(context, "max-samples", 0)) or None
+    data = load_dataset(str(spec), num_classes, max_samples=pool, seed=int(setting(context, "partition-seed", 2023)),
+                        resolution=resolution)
+    if "num-partitions" in context.node_config:
+        index = partition(data.labels, int(context.node_config["partition-id"]),
+                          int(context.node_config["num-partitions"]), str(setting(context, "partitioner", "iid")),
+                          float(setting(context, "alpha", 0.5)), int(setting(context, "partition-seed", 2023)))
+        data = data.subset(index)
+    return data
+
+
+class Node:
+    """One client's state across rounds: its export, data and Run (whose feature cache outlives rounds)."""
+
+    def __init__(self, folder: Path, data: Dataset, work: Path, batch_size: int, threads: int | None):
+        self.folder = folder
+        self.manifest = load_manifest(folder, "portable")
+        self.hash = export_hash(folder)
+        self.data = data
+        work.mkdir(parents=True, exist_ok=True)
+        cfg = RunConfig(epochs=1, batch_size=batch_size, schedule="constant", checkpoint_every=1 << 62,
+                        threads=threads, progress=False, backend="portable")
+        self.run = Run(folder, self.manifest, work, data, data, cfg, resume=False)
+        self.run.val_cache = self.run.cache  # evaluation reads the same samples: one cache
+
+    def fit(self, tensors: dict[str, np.ndarray], epochs: int, lr: float, seed: int) -> tuple[dict, dict]:
+        """`epochs` local epochs from the global `tensors` at constant rate `lr` (fresh AdamW state), shuffled
+        with seeds seed, seed + 1, ... -> (trained tensors by key, metrics for the reply)."""
+        t0 = time.perf_counter()
+        self.run.restart(tensors, epochs, lr, seed)
+        last = self.run.run()
+        return ({k: v.copy() for k, v in self.run.trainer.parameters().items()},
+                {"num-examples": len(self.data), "train-loss": float(last["train_loss"]),
+                 "train-acc": float(last["train_acc"]), "train-seconds": time.perf_counter() - t0})
+
+    def evaluate(self, tensors: dict[str, np.ndarray]) -> dict:
+        """Loss and accuracy of the global `tensors` on this node's data."""
+        self.run.trainer.reset(tensors)
+        result = self.run.evaluate()
+        return {"num-examples": len(self.data), "loss": float(result["val_loss"]), "accuracy": float(result["val_acc"])}
+
+
+_NODES: dict[tuple, Node] = {}  # per process: a simulation runs many virtual nodes in a few worker processes
+
+
+def node(context: Context) -> Node:
+    folder = setting(context, "export")
+    if not folder:
+        raise RunnerError("no export: set run config export=PATH (an artifact folder of mobiletl-export)")
+    key = (context.run_id, context.node_id)
+    if key not in _NODES:
+        folder = Path(str(folder)).expanduser().resolve()
+        manifest = load_manifest(folder, "portable")
+        data = node_data(context, manifest["num_classes"], manifest["resolution"])
+        work = setting(context, "work-dir")
+        work = Path(str(work)) if work else \
+            Path(tempfile.gettempdir()) / "mobiletl-federated" / f"run-{context.run_id}-node-{context.node_id}"
+        threads = int(setting(context, "threads", 1)) or None
+        _NODES[key] = Node(folder, data, work, int(setting(context, "batch-size", 32)), threads)
+    return _NODES[key]
+
+
+def _check_server(msg: Message, me: Node) -> None:
+    """Refuse the server's message when it was made for another export (a client never trains on it)."""
+    theirs = msg.content["config"].get(HASH_KEY)
+    if theirs != me.hash:
+        raise RunnerError(f"this node's export {me.folder} (manifest sha256 {me.hash[:12]}) is not the server's "
+                          f"({str(theirs)[:12]}): deploy the same export on every device")
+
+
+def _reply(msg: Message, me: Node, metrics: dict, tensors: dict | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics), EXPORT_RECORD: ConfigRecord({HASH_KEY: me.hash})})
+    if tensors is not None:
+        content["arrays"] = to_record(tensors, me.manifest)
+    return Message(content=content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    me = node(context)
+    _check_server(msg, me)
+    config = msg.content["config"]
+    tensors = from_record(msg.content["arrays"], me.manifest, "the server's model")
+    epochs, lr = int(config["local-epochs"]), float(config["lr"])
+    if not (epochs >= 1 and math.isfinite(lr) and lr > 0):
+        raise RunnerError(f"bad round config: local-epochs {epochs}, lr {lr}")
+    seed = int(config.get("seed", 0)) + (int(config["server-round"]) - 1) * epochs
+    trained, metrics = me.fit(tensors, epochs, lr, seed)
+    return _reply(msg, me, metrics, trained)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    me = node(context)
+    _check_server(msg, me)
+    return _reply(msg, me, me.evaluate(from_record(msg.content["arrays"], me.manifest, "the server's model")))

@@ -1,0 +1,264 @@
+"""The ServerApp: Flower's FedAvg (or FedAdam) over the export's trainable tensors, refusing other exports,
+evaluating the global model centrally each round, and writing a normal run folder at the end.
+
+Run config (the Flower App's pyproject.toml, federated/pyproject.toml, documents every key and its default):
+  export, out, num-server-rounds, local-epochs, lr (0: the manifest's), lr-schedule (over rounds: cosine,
+  linear, constant), strategy (fedavg | fedadam), server-lr (FedAdam's eta), fraction-train, min-nodes,
+  fraction-evaluate, round-timeout (s), test-data, class-names, seed, threads, force.
+
+Output folder `out` (written as out.partial, renamed at the end; an existing `out` is refused unless force):
+  run.json       the run config, manifest hash, class names, strategy, Flower and onnxruntime versions
+  metrics.jsonl  one record per round: lr, central test loss / accuracy, clients' aggregated training loss
+                 and accuracy, replies / failures / refused, bytes per client each way
+  checkpoint/    the global trainable tensors (checkpoint/parameters.safetensors, the portable format)
+  model.onnx     the joined image -> logits model with the global tensors and class names (as mobiletl-train)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg
+
+from .. import RunnerError, checkpoint
+from ..data import class_names, load_dataset
+from ..inference import write_inference
+from ..manifest import load_manifest
+from ..train import Run, RunConfig, learning_rate
+from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, payload_bytes, to_record
+
+app = ServerApp()
+log = logging.getLogger("mobiletl.federated")
+STRATEGIES = {"fedavg": FedAvg, "fedadam": FedAdam}
+
+
+class ExportCheck:
+    """Mixed in before a Flower strategy (checked_strategy): adds the round's learning rate and the export's
+    manifest hash to every message, and admits only replies that report the same hash and carry exactly the
+    export's trainable tensors (float32, the manifest's shapes, finite). Refused replies are logged and left
+    out of the aggregation like failed ones; `rounds` keeps what each round saw."""
+
+    def setup(self, manifest: dict, digest: str, lr: float, schedule: str, num_rounds: int, seed: int) -> None:
+        self.manifest, self.digest = manifest, digest
+        self.base_lr, self.schedule, self.num_rounds, self.seed = lr, schedule, num_rounds, seed
+        self.rounds: dict[int, dict] = {}
+
+    def round_lr(self, server_round: int) -> float:
+        """The clients' rate in round r (1-based): the schedule over rounds, as mobiletl-train's over steps."""
+        return learning_rate(self.base_lr, self.schedule, server_round - 1, self.num_rounds)
+
+    def _config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        return ConfigRecord({**config, HASH_KEY: self.digest, "lr": self.round_lr(server_round), "seed": self.seed})
+
+    def configure_train(self, server_round, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, self._config(server_round, config), grid))
+        self.rounds[server_round] = {"lr": self.round_lr(server_round), "sampled": len(messages),
+                                     "bytes_down_per_client": arrays.count_bytes()}
+        return messages
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return super().configure_evaluate(server_round, arrays, self._config(server_round, config), grid)
+
+    def admit(self, replies, server_round: int, train: bool) -> list[Message]:
+        """The replies that may be aggregated (failed ones included: the strategy counts and logs them)."""
+        admitted, refused = [], []
+        for msg in replies:
+            if not msg.has_error():
+                node = msg.metadata.src_node_id
+                theirs = msg.content.config_records.get(EXPORT_RECORD, {}).get(HASH_KEY)
+                try:
+                    if theirs != self.digest:
+                        raise RunnerError(f"it reports export {str(theirs)[:12]}, the server's is {self.digest[:12]}")
+                    if train:
+                        from_record(msg.content["arrays"], self.manifest, "its tensors")
+                except (RunnerError, KeyError) as exc:
+                    log.warning("round %d: refused the reply of node %d: %s", server_round, node, exc)
+                    refused.append({"node": node, "why": str(exc)})
+                    continue
+            admitted.append(msg)
+        record = self.rounds.setdefault(server_round, {})
+        key = "" if train else "evaluate_"
+        record[f"{key}refused"] = refused
+        record[f"{key}failures"] = sum(m.has_error() for m in admitted)
+        record[f"{key}replies"] = len(admitted) - record[f"{key}failures"]
+        if train:
+            record["bytes_up_per_client"] = [m.content["arrays"].count_bytes() for m in admitted if not m.has_error()]
+        return admitted
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, self.admit(replies, server_round, True))
+        if metrics is not None:
+            self.rounds[server_round]["clients"] = dict(metrics)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round, replies):
+        metrics = super().aggregate_evaluate(server_round, self.admit(replies, server_round, False))
+        if metrics is not None:
+            self.rounds[server_round]["clients_evaluate"] = dict(metrics)
+        return metrics
+
+
+def checked_strategy(name: str, **kwargs):
+    """Flower's strategy `name` (fedavg, fedadam) with ExportCheck mixed in. RunnerError for another name."""
+    if name not in STRATEGIES:
+        raise RunnerError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    base = STRATEGIES[name]
+    return type(f"Checked{base.__name__}", (ExportCheck, base), {})(**kwargs)
+
+
+class CentralEvaluation:
+    """The global model's loss and accuracy on `test-data`, on the server (features computed once)."""
+
+    def __init__(self, folder: Path, manifest: dict, spec: str, work: Path, threads: int | None):
+        data = load_dataset(spec, manifest["num_classes"], resolution=manifest["resolution"])
+        self.data = data
+        cfg = RunConfig(epochs=1, batch_size=200, threads=threads, progress=False, cache_mb=4096)
+        self.run = Run(folder, manifest, work, data, data, cfg, resume=False)
+        self.run.val_cache = self.run.cache
+
+    def __call__(self, tensors: dict[str, np.ndarray]) -> dict:
+        self.run.trainer.reset(tensors)
+        r = self.run.evaluate()
+        return {"test_loss": r["val_loss"], "test_acc": r["val_acc"]}
+
+
+def _str(config, key: str, default: str = "") -> str:
+    value = config.get(key, default)
+    return str(value) if value is not None else default
+
+
+def main_config(rc) -> dict:
+    """The run config, checked (RunnerError naming the first bad value)."""
+    c = {"export": _str(rc, "export"), "out": _str(rc, "out", "federated-run"),
+         "num-server-rounds": int(rc.get("num-server-rounds", 5)), "local-epochs": int(rc.get("local-epochs", 1)),
+         "lr": float(rc.get("lr", 0.0)), "lr-schedule": _str(rc, "lr-schedule", "cosine"),
+         "strategy": _str(rc, "strategy", "fedavg"), "server-lr": float(rc.get("server-lr", 0.01)),
+         "fraction-train": float(rc.get("fraction-train", 1.0)), "min-nodes": int(rc.get("min-nodes", 2)),
+         "fraction-evaluate": float(rc.get("fraction-evaluate", 0.0)),
+         "round-timeout": float(rc.get("round-timeout", 600)), "test-data": _str(rc, "test-data"),
+         "class-names": _str(rc, "class-names"), "seed": int(rc.get("seed", 0)),
+         "threads": int(rc.get("threads", 1)), "force": bool(rc.get("force", False))}
+    if not c["export"]:
+        raise RunnerError("run config export is empty: pass --run-config 'export=\"/path/to/artifacts\"'")
+    if c["num-server-rounds"] < 1 or c["local-epochs"] < 1 or c["min-nodes"] < 1:
+        raise RunnerError("num-server-rounds, local-epochs and min-nodes must be >= 1")
+    if c["lr-schedule"] not in ("cosine", "linear", "constant"):
+        raise RunnerError(f"unknown lr-schedule {c['lr-schedule']!r}; choose from cosine, linear, constant")
+    if not (0 < c["fraction-train"] <= 1 and 0 <= c["fraction-evaluate"] <= 1):
+        raise RunnerError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+    if c["strategy"] not in STRATEGIES:
+        raise RunnerError(f"unknown strategy {c['strategy']!r}; choose from {', '.join(STRATEGIES)}")
+    if not c["round-timeout"] > 0:
+        raise RunnerError("round-timeout must be > 0 seconds")
+    return c
+
+
+def _json(x):
+    if isinstance(x, dict):
+        return {k: _json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def serve(grid: Grid, rc) -> Path:
+    """The whole federated run (see the module docstring) -> the output folder."""
+    c = main_config(rc)
+    folder = Path(c["export"]).expanduser().resolve()
+    manifest = load_manifest(folder, "portable")
+    digest = export_hash(folder)
+    out = Path(c["out"]).expanduser().resolve()
+    if out.exists() and not c["force"]:
+        raise RunnerError(f"{out} exists; choose another out or set force=true")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    work = Path(tempfile.mkdtemp(prefix="mobiletl-federated-eval-"))
+    try:
+        lr = c["lr"] or float(manifest["optimizer"]["lr"])
+        kwargs = dict(fraction_train=c["fraction-train"], fraction_evaluate=c["fraction-evaluate"],
+                      min_train_nodes=c["min-nodes"], min_evaluate_nodes=c["min-nodes"] if c["fraction-evaluate"] else 0,
+                      min_available_nodes=c["min-nodes"])
+        if c["strategy"] == "fedadam":
+            kwargs.update(eta=c["server-lr"], eta_l=lr)
+        strategy = checked_strategy(c["strategy"], **kwargs)
+        strategy.setup(manifest, digest, lr, c["lr-schedule"], c["num-server-rounds"], c["seed"])
+        central = CentralEvaluation(folder, manifest, c["test-data"], work, c["threads"] or None) \
+            if c["test-data"] else None
+        names = [s.strip() for s in c["class-names"].split(",")] if c["class-names"] else \
+            class_names(central.data, manifest["num_classes"]) if central else \
+            [str(i) for i in range(manifest["num_classes"])]
+        if len(names) != manifest["num_classes"]:
+            raise RunnerError(f"class-names lists {len(names)} names, the export has {manifest['num_classes']} outputs")
+        import flwr
+
+        from ..ort import onnxruntime
+
+        (partial / "run.json").write_text(json.dumps(
+            {"federated": c, "export": str(folder), "manifest_sha256": digest, "class_names": names,
+             "model": manifest["model"], "method": manifest["method"], "top_k": manifest["top_k"],
+             "payload_bytes": payload_bytes(manifest), "flwr": flwr.__version__,
+             "onnxruntime": onnxruntime.__version__}, indent=1))
+        metrics = open(partial / "metrics.jsonl", "w")
+        started = time.perf_counter()
+
+        def each_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            record = {"event": "round", "round": server_round, **strategy.rounds.get(server_round, {}),
+                      "seconds": time.perf_counter() - started}
+            result = central(from_record(arrays, manifest, "the global model")) if central else {}
+            record.update(result)
+            metrics.write(json.dumps(_json(record)) + "\n")
+            metrics.flush()
+            log.info("round %d: %s", server_round, ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+            return MetricRecord(result) if result else None
+
+        initial = to_record(load_tensors_of(folder, manifest), manifest)
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=c["num-server-rounds"],
+                                timeout=c["round-timeout"], train_config=ConfigRecord({"local-epochs": c["local-epochs"]}),
+                                evaluate_fn=each_round)
+        metrics.close()
+        final = from_record(result.arrays, manifest, "the global model")
+        trainer = central.run.trainer if central else _trainer(folder, manifest)
+        trainer.reset(final)
+        checkpoint.save(partial, trainer, {"rounds": c["num-server-rounds"], "federated": True}, np.zeros(0, bool))
+        write_inference(folder, manifest, final, partial / "model.onnx", names)
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load_tensors_of(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
+    """The export's initial trainable tensors (its portable parameters file)."""
+    from ..portable import load_tensors
+
+    tensors, _ = load_tensors(folder / manifest["files"]["parameters"])
+    return {e["name"]: tensors[e["name"]] for e in manifest["portable"]["parameters"]}
+
+
+def _trainer(folder: Path, manifest: dict):
+    from ..portable import PortableTrainer
+
+    return PortableTrainer(folder, manifest, threads=1)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        out = serve(grid, context.run_config)
+    except RunnerError as exc:
+        log.error("mobiletl federated server: %s", str(exc).splitlines()[0])
+        raise
+    log.info("wrote %s", out)
