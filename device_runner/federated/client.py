@@ -21,6 +21,7 @@ num-partitions, a SuperNode gets them from `--node-config`):
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -38,6 +39,7 @@ from .partition import partition
 from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, to_record
 
 app = ClientApp()
+log = logging.getLogger("mobiletl.federated")
 
 
 def setting(context: Context, key: str, default=None):
@@ -115,16 +117,21 @@ def node(context: Context) -> Node:
     return _NODES[key]
 
 
-def _check_server(msg: Message, me: Node) -> None:
-    """Refuse the server's message when it was made for another export (a client never trains on it)."""
+def _same_export(msg: Message, me: Node) -> bool:
+    """Whether the server's message was made for this node's export. When not, the node does not train: it
+    replies only its manifest hash, and the server refuses the reply (server.py ExportCheck)."""
     theirs = msg.content["config"].get(HASH_KEY)
-    if theirs != me.hash:
-        raise RunnerError(f"this node's export {me.folder} (manifest sha256 {me.hash[:12]}) is not the server's "
-                          f"({str(theirs)[:12]}): deploy the same export on every device")
+    if theirs == me.hash:
+        return True
+    log.warning("this node's export %s (manifest sha256 %s) is not the server's (%s): not training; deploy the "
+                "same export on every device", me.folder, me.hash[:12], str(theirs)[:12])
+    return False
 
 
-def _reply(msg: Message, me: Node, metrics: dict, tensors: dict | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), EXPORT_RECORD: ConfigRecord({HASH_KEY: me.hash})})
+def _reply(msg: Message, me: Node, metrics: dict | None = None, tensors: dict | None = None) -> Message:
+    content = RecordDict({EXPORT_RECORD: ConfigRecord({HASH_KEY: me.hash})})
+    if metrics is not None:
+        content["metrics"] = MetricRecord(metrics)
     if tensors is not None:
         content["arrays"] = to_record(tensors, me.manifest)
     return Message(content=content, reply_to=msg)
@@ -133,7 +140,8 @@ def _reply(msg: Message, me: Node, metrics: dict, tensors: dict | None = None) -
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     me = node(context)
-    _check_server(msg, me)
+    if not _same_export(msg, me):
+        return _reply(msg, me)
     config = msg.content["config"]
     tensors = from_record(msg.content["arrays"], me.manifest, "the server's model")
     epochs, lr = int(config["local-epochs"]), float(config["lr"])
@@ -147,5 +155,6 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     me = node(context)
-    _check_server(msg, me)
+    if not _same_export(msg, me):
+        return _reply(msg, me)
     return _reply(msg, me, me.evaluate(from_record(msg.content["arrays"], me.manifest, "the server's model")))

@@ -4,7 +4,7 @@ evaluating the global model centrally each round, and writing a normal run folde
 Run config (the Flower App's pyproject.toml, federated/pyproject.toml, documents every key and its default):
   export, out, num-server-rounds, local-epochs, lr (0: the manifest's), lr-schedule (over rounds: cosine,
   linear, constant), strategy (fedavg | fedadam), server-lr (FedAdam's eta), fraction-train, min-nodes,
-  fraction-evaluate, round-timeout (s), test-data, class-names, seed, threads, force.
+  fraction-evaluate, round-timeout (s), test-data, class-names, seed, threads, force, save-rounds.
 
 Output folder `out` (written as out.partial, renamed at the end; an existing `out` is refused unless force):
   run.json       the run config, manifest hash, class names, strategy, Flower and onnxruntime versions
@@ -12,6 +12,7 @@ Output folder `out` (written as out.partial, renamed at the end; an existing `ou
                  and accuracy, replies / failures / refused, bytes per client each way
   checkpoint/    the global trainable tensors (checkpoint/parameters.safetensors, the portable format)
   model.onnx     the joined image -> logits model with the global tensors and class names (as mobiletl-train)
+  rounds/        with save-rounds: round-000.safetensors (the export's tensors), round-001, ... (after each round)
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ class ExportCheck:
 
     def admit(self, replies, server_round: int, train: bool) -> list[Message]:
         """The replies that may be aggregated (failed ones included: the strategy counts and logs them)."""
-        admitted, refused = [], []
+        admitted, refused, failed = [], [], []
+        replies = list(replies)
         for msg in replies:
-            if not msg.has_error():
+            if msg.has_error():
+                failed.append({"node": msg.metadata.src_node_id, "why": msg.error.reason.splitlines()[0][:300]})
+            else:
                 node = msg.metadata.src_node_id
                 theirs = msg.content.config_records.get(EXPORT_RECORD, {}).get(HASH_KEY)
                 try:
@@ -87,14 +91,18 @@ class ExportCheck:
         record = self.rounds.setdefault(server_round, {})
         key = "" if train else "evaluate_"
         record[f"{key}refused"] = refused
-        record[f"{key}failures"] = sum(m.has_error() for m in admitted)
-        record[f"{key}replies"] = len(admitted) - record[f"{key}failures"]
+        record[f"{key}failed"] = failed
+        record[f"{key}replies"] = len(admitted) - len(failed)
+        if train:  # sampled nodes that sent nothing before round-timeout (a device that died or is too slow)
+            record["missing"] = max(record.get("sampled", len(replies)) - len(replies), 0)
         if train:
             record["bytes_up_per_client"] = [m.content["arrays"].count_bytes() for m in admitted if not m.has_error()]
         return admitted
 
     def aggregate_train(self, server_round, replies):
         arrays, metrics = super().aggregate_train(server_round, self.admit(replies, server_round, True))
+        if arrays is not None:  # FedAdam's update is float64 (numpy scalars): back to the export's float32
+            arrays = to_record({k: a.numpy() for k, a in arrays.items()}, self.manifest)
         if metrics is not None:
             self.rounds[server_round]["clients"] = dict(metrics)
         return arrays, metrics
@@ -145,7 +153,8 @@ def main_config(rc) -> dict:
          "fraction-evaluate": float(rc.get("fraction-evaluate", 0.0)),
          "round-timeout": float(rc.get("round-timeout", 600)), "test-data": _str(rc, "test-data"),
          "class-names": _str(rc, "class-names"), "seed": int(rc.get("seed", 0)),
-         "threads": int(rc.get("threads", 1)), "force": bool(rc.get("force", False))}
+         "threads": int(rc.get("threads", 1)), "force": bool(rc.get("force", False)),
+         "save-rounds": bool(rc.get("save-rounds", False))}
     if not c["export"]:
         raise RunnerError("run config export is empty: pass --run-config 'export=\"/path/to/artifacts\"'")
     if c["num-server-rounds"] < 1 or c["local-epochs"] < 1 or c["min-nodes"] < 1:
@@ -215,7 +224,10 @@ def serve(grid: Grid, rc) -> Path:
         def each_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             record = {"event": "round", "round": server_round, **strategy.rounds.get(server_round, {}),
                       "seconds": time.perf_counter() - started}
-            result = central(from_record(arrays, manifest, "the global model")) if central else {}
+            tensors = from_record(arrays, manifest, "the global model")
+            if c["save-rounds"]:
+                save_tensors(tensors, partial / "rounds" / f"round-{server_round:03d}.safetensors", server_round)
+            result = central(tensors) if central else {}
             record.update(result)
             metrics.write(json.dumps(_json(record)) + "\n")
             metrics.flush()
@@ -238,6 +250,15 @@ def serve(grid: Grid, rc) -> Path:
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, np.ndarray], path: Path, server_round: int) -> None:
+    """The global trainable tensors after `server_round` (0: the export's) as safetensors, keys as the manifest."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata={"round": str(server_round)})
 
 
 def load_tensors_of(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
