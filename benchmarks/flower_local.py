@@ -103,13 +103,15 @@ class LocalFederation:
     def log(self, name: str) -> str:
         return (self.work / f"{name}.log").read_text(errors="replace")
 
-    def run(self, run_config: dict, num_supernodes: int | None = None, timeout: float = 900) -> dict:
+    def run(self, run_config: dict, num_supernodes: int | None = None, timeout: float = 900,
+            client_cpus: int = 1) -> dict:
         """`flwr run federated local-test --stream` and wait for the run to end -> {"status", "output"}.
-        `num_supernodes`: the simulation engine's number of virtual clients."""
+        `num_supernodes`: the simulation engine's number of virtual clients; `client_cpus`: CPUs Ray reserves per
+        client (Flower's default is 2: one client at a time on a 2-core machine; ours use 1 thread)."""
         args = [str(self.bin / "flwr"), "run", str(APP), CONNECTION, "--stream",
                 "--run-config", config_string(run_config)]
         if num_supernodes is not None:
-            args += ["--federation-config", f"num-supernodes={num_supernodes}"]
+            args += ["--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}"]
         proc = subprocess.run(args, capture_output=True, text=True, env=self._env(self.home), cwd=self.work,
                               timeout=timeout)
         output = proc.stdout + proc.stderr
