@@ -171,7 +171,14 @@ def table(results: dict, args) -> str:
     return "\n".join(rows)
 
 
+def _terminate(signum, frame):  # SIGTERM: stop like Ctrl-C, so the Flower processes are stopped too
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> dict:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     p = parser()
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         p.set_defaults(**QUICK)

@@ -26,6 +26,8 @@ from device_runner.federated.partition import partition
 from device_runner.federated.payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, to_record
 from device_runner.federated.server import checked_strategy, load_tensors_of
 from device_runner.manifest import load_manifest
+
+TRAIN = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 from device_runner.portable import load_tensors
 
 
@@ -127,6 +129,22 @@ def checks(folder: Path, other: Path) -> None:
             assert spread > 0.5, spread
     expect_error(lambda: partition(labels, 5, 5), "outside")
     expect_error(lambda: partition(labels, 0, 5, "shards"), "unknown partitioner")
+
+    # a SuperNode runs each message in a new process: the features a node saved are reused by the next one
+    # (loaded, not computed) and the round trains exactly as without them; another data identity recomputes
+    data = load_dataset(TRAIN, 10, max_samples=64, seed=3, resolution=manifest["resolution"])
+    with tempfile.TemporaryDirectory() as tmp:
+        first = Node(folder, data, Path(tmp) / "w", 16, 1, "data-A")
+        assert not first.saved
+        want, _ = first.fit(base, 1, 1e-3, 5)
+        assert (Path(tmp) / "w" / "features.npy").exists() and first.saved
+        again = Node(folder, data, Path(tmp) / "w", 16, 1, "data-A")
+        assert again.saved and again.run.cache.filled.all()
+        got, _ = again.fit(base, 1, 1e-3, 5)
+        assert again.run.cache.misses == 0
+        assert all(np.array_equal(want[k], got[k]) for k in want)
+        other_data = Node(folder, data, Path(tmp) / "w", 16, 1, "data-B")
+        assert not other_data.saved and not other_data.run.cache.filled.any()
     print("ok")
 
 

@@ -45,11 +45,11 @@ def order(job: dict, data) -> dict:
     import tempfile
 
     folder = Path(job["folder"])
-    trainer = PortableTrainer(folder, json.loads((folder / "manifest.json").read_text()),
-                              profile=f"{tempfile.mkdtemp()}/order")
-    trainer.step(data["features"], data["labels"], 1e-3)
-    names = [e["name"][:-len("_kernel_time")] for e in trainer.profile_events()
-             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    with tempfile.TemporaryDirectory() as tmp:  # ORT's profile file: read, then removed with the folder
+        trainer = PortableTrainer(folder, json.loads((folder / "manifest.json").read_text()), profile=f"{tmp}/order")
+        trainer.step(data["features"], data["labels"], 1e-3)
+        names = [e["name"][:-len("_kernel_time")] for e in trainer.profile_events()
+                 if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     return {"order": np.asarray(names)}
 
 

@@ -14,15 +14,19 @@ num-partitions, a SuperNode gets them from `--node-config`):
   partition-id, num-partitions
                  simulate many clients on one pool: keep this partition of `data` (partition.py; run config
                  `partitioner`, `alpha`, `partition-seed`, `max-samples` pick the scheme and the pool)
-  work-dir       feature cache, metrics.jsonl and last checkpoint of the node (default: a folder per run and
-                 node under the system's temporary directory)
+  work-dir       the node's backbone features (features.npy: computed in the first round, reused by every
+                 later message's process), metrics.jsonl and last local checkpoint (default: a folder per run
+                 and node under the system's temporary directory)
   threads        onnxruntime intra-op threads (default 1: simulated clients share the CPU)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +36,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import RunnerError
-from ..data import Dataset, load_dataset
+from ..data import Dataset, fingerprint, load_dataset
 from ..manifest import load_manifest
 from ..train import Run, RunConfig
 from .partition import partition
@@ -50,35 +54,68 @@ def setting(context: Context, key: str, default=None):
     return default
 
 
-def node_data(context: Context, num_classes: int, resolution: int) -> Dataset:
-    """This node's samples: its `data`, or its partition of the pool when `num-partitions` is set."""
+def node_data(context: Context, num_classes: int, resolution: int) -> tuple[Dataset, str]:
+    """(this node's samples, their identity): its `data`, or its partition of the pool when `num-partitions` is
+    set. The identity (hex sha256 of the data's fingerprint and the selection) keys the feature file."""
     spec = setting(context, "data")
     if not spec:
         raise RunnerError("no data for this node: set node config data=PATH (or run config data)")
     pool = int(setting(context, "max-samples", 0)) or None
-    data = load_dataset(str(spec), num_classes, max_samples=pool, seed=int(setting(context, "partition-seed", 2023)),
-                        resolution=resolution)
+    seed = int(setting(context, "partition-seed", 2023))
+    data = load_dataset(str(spec), num_classes, max_samples=pool, seed=seed, resolution=resolution)
+    selection: list = [pool, seed]
     if "num-partitions" in context.node_config:
-        index = partition(data.labels, int(context.node_config["partition-id"]),
-                          int(context.node_config["num-partitions"]), str(setting(context, "partitioner", "iid")),
-                          float(setting(context, "alpha", 0.5)), int(setting(context, "partition-seed", 2023)))
-        data = data.subset(index)
-    return data
+        part = (int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]),
+                str(setting(context, "partitioner", "iid")), float(setting(context, "alpha", 0.5)))
+        selection += list(part)
+        data = data.subset(partition(data.labels, *part, seed))
+    # own copies: a subset's images are views that would keep the whole file's array alive
+    data.images = [np.array(im) if isinstance(im, np.ndarray) else im for im in data.images]
+    identity = hashlib.sha256(json.dumps([fingerprint(str(spec)), selection]).encode()).hexdigest()
+    return data, identity
 
 
 class Node:
     """One client's state across rounds: its export, data and Run (whose feature cache outlives rounds)."""
 
-    def __init__(self, folder: Path, data: Dataset, work: Path, batch_size: int, threads: int | None):
+    def __init__(self, folder: Path, data: Dataset, work: Path, batch_size: int, threads: int | None,
+                 data_identity: str | None = None):
+        """`data_identity`: what the data is (node_data); with it the backbone's features are kept in `work`
+        (features.npy) and reused by the next message's process — a SuperNode starts a ClientApp process per
+        message, and the frozen backbone is most of the compute."""
         self.folder = folder
         self.manifest = load_manifest(folder, "portable")
         self.hash = export_hash(folder)
-        self.data = data
+        self.data, self.work = data, work
         work.mkdir(parents=True, exist_ok=True)
         cfg = RunConfig(epochs=1, batch_size=batch_size, schedule="constant", checkpoint_every=1 << 62,
-                        threads=threads, progress=False, backend="portable")
+                        threads=threads, progress=False, backend="portable", cache_mb=1e9)
         self.run = Run(folder, self.manifest, work, data, data, cfg, resume=False)
         self.run.val_cache = self.run.cache  # evaluation reads the same samples: one cache
+        self.key = {"export": self.hash, "data": data_identity, "shape": list(self.run.cache.shape)} \
+            if data_identity else None
+        self.saved = self.key is not None and self._load_features()
+
+    def _load_features(self) -> bool:
+        try:
+            if json.loads((self.work / "features.json").read_text()) != self.key:
+                return False
+            self.run.cache.fill(np.load(self.work / "features.npy", mmap_mode="r"))
+            self.run.features_checked = True
+            return True
+        except (OSError, ValueError):  # none yet, or damaged: computed again
+            return False
+
+    def _save_features(self) -> None:
+        """features.npy (float32 [n, *features]) + features.json (its key), each written then renamed."""
+        if self.key is None or self.saved or not self.run.cache.filled.all():
+            return
+        tmp = self.work / "features.tmp.npy"
+        np.save(tmp, np.asarray(self.run.cache.store))
+        os.replace(tmp, self.work / "features.npy")
+        (self.work / "features.json.tmp").write_text(json.dumps(self.key))
+        os.replace(self.work / "features.json.tmp", self.work / "features.json")
+        self.saved = True
 
     def fit(self, tensors: dict[str, np.ndarray], epochs: int, lr: float, seed: int) -> tuple[dict, dict]:
         """`epochs` local epochs from the global `tensors` at constant rate `lr` (fresh AdamW state), shuffled
@@ -86,6 +123,7 @@ class Node:
         t0 = time.perf_counter()
         self.run.restart(tensors, epochs, lr, seed)
         last = self.run.run()
+        self._save_features()
         return ({k: v.copy() for k, v in self.run.trainer.parameters().items()},
                 {"num-examples": len(self.data), "train-loss": float(last["train_loss"]),
                  "train-acc": float(last["train_acc"]), "train-seconds": time.perf_counter() - t0})
@@ -94,6 +132,7 @@ class Node:
         """Loss and accuracy of the global `tensors` on this node's data."""
         self.run.trainer.reset(tensors)
         result = self.run.evaluate()
+        self._save_features()
         return {"num-examples": len(self.data), "loss": float(result["val_loss"]), "accuracy": float(result["val_acc"])}
 
 
@@ -108,12 +147,12 @@ def node(context: Context) -> Node:
     if key not in _NODES:
         folder = Path(str(folder)).expanduser().resolve()
         manifest = load_manifest(folder, "portable")
-        data = node_data(context, manifest["num_classes"], manifest["resolution"])
+        data, identity = node_data(context, manifest["num_classes"], manifest["resolution"])
         work = setting(context, "work-dir")
         work = Path(str(work)) if work else \
             Path(tempfile.gettempdir()) / "mobiletl-federated" / f"run-{context.run_id}-node-{context.node_id}"
         threads = int(setting(context, "threads", 1)) or None
-        _NODES[key] = Node(folder, data, work, int(setting(context, "batch-size", 32)), threads)
+        _NODES[key] = Node(folder, data, work, int(setting(context, "batch-size", 32)), threads, identity)
     return _NODES[key]
 
 

@@ -235,10 +235,13 @@ def serve(grid: Grid, rc) -> Path:
             return MetricRecord(result) if result else None
 
         initial = to_record(load_tensors_of(folder, manifest), manifest)
-        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=c["num-server-rounds"],
-                                timeout=c["round-timeout"], train_config=ConfigRecord({"local-epochs": c["local-epochs"]}),
-                                evaluate_fn=each_round)
-        metrics.close()
+        try:
+            result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=c["num-server-rounds"],
+                                    timeout=c["round-timeout"],
+                                    train_config=ConfigRecord({"local-epochs": c["local-epochs"]}),
+                                    evaluate_fn=each_round)
+        finally:
+            metrics.close()
         final = from_record(result.arrays, manifest, "the global model")
         trainer = central.run.trainer if central else _trainer(folder, manifest)
         trainer.reset(final)
