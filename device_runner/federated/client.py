@@ -15,8 +15,9 @@ num-partitions, a SuperNode gets them from `--node-config`):
                  simulate many clients on one pool: keep this partition of `data` (partition.py; run config
                  `partitioner`, `alpha`, `partition-seed`, `max-samples` pick the scheme and the pool)
   work-dir       the node's backbone features (features.npy: computed in the first round, reused by every
-                 later message's process) and metrics.jsonl (default: /tmp/mobiletl-federated/run-R-node-N, a
-                 folder per run and node under the system's temporary directory; delete it after the run)
+                 later message's process) and metrics.jsonl. Node config: this node's folder; run config: the
+                 parent of every node's run-R-node-N folder; default parent: /tmp/mobiletl-federated (the
+                 system's temporary directory). Delete it after the run.
 Paths must be absolute.
   threads        onnxruntime intra-op threads (default 1: simulated clients share the CPU)
 """
@@ -159,9 +160,13 @@ def node(context: Context) -> Node:
         folder = absolute("export", folder).resolve()
         manifest = load_manifest(folder, "portable")
         data, identity = node_data(context, manifest["num_classes"], manifest["resolution"])
-        work = setting(context, "work-dir")
-        work = absolute("work-dir", work) if work else \
-            Path(tempfile.gettempdir()) / "mobiletl-federated" / f"run-{context.run_id}-node-{context.node_id}"
+        own = f"run-{context.run_id}-node-{context.node_id}"
+        if context.node_config.get("work-dir"):  # this node's folder
+            work = absolute("work-dir", context.node_config["work-dir"])
+        elif context.run_config.get("work-dir"):  # every node's parent folder
+            work = absolute("work-dir", context.run_config["work-dir"]) / own
+        else:
+            work = Path(tempfile.gettempdir()) / "mobiletl-federated" / own
         threads = int(setting(context, "threads", 1)) or None
         _NODES[key] = Node(folder, data, work, int(setting(context, "batch-size", 32)), threads, identity)
     return _NODES[key]
