@@ -122,6 +122,7 @@ class Node:
         """features.npy (float32 [n, *features]) + features.json (its key), each written then renamed."""
         if self.key is None or self.saved or not self.run.cache.filled.all():
             return
+        (self.work / "features.json").unlink(missing_ok=True)  # never a key beside another data's features
         tmp = self.work / "features.tmp.npy"
         np.save(tmp, np.asarray(self.run.cache.store))
         os.replace(tmp, self.work / "features.npy")
