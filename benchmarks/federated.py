@@ -122,7 +122,8 @@ def federated(args, fed: LocalFederation, art: Path, method: str, scheme: str, t
     config = {"export": str(art), "data": str(DATA / "train-images-idx3-ubyte.gz"), "max-samples": args.pool,
               "partitioner": scheme, "alpha": args.alpha, "partition-seed": PARTITION_SEED, "test-data": test,
               "out": str(out), "force": True, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
-              "lr": LR[method], "batch-size": args.batch_size, "min-nodes": args.clients, "threads": 1}
+              "lr": LR[method], "batch-size": args.batch_size, "min-nodes": args.clients, "threads": 1,
+              "work-dir": str(work / "nodes")}
     start = time.perf_counter()
     result = fed.run(config, num_supernodes=args.clients, timeout=7200)
     if result["status"] != "finished:completed":

@@ -51,6 +51,7 @@ class RunConfig:
     progress: bool = True
     max_steps: int | None = None  # stop early (tests, benchmarks)
     backend: str = "portable"
+    checkpoints: bool = True  # False: no checkpoint/ (a federated round restarts from the global tensors)
 
 
 # Below this spread of the backbone's features across images (mean over feature elements of the standard
@@ -174,6 +175,8 @@ class Run:
         self.metrics.flush()
 
     def save(self) -> None:
+        if not self.cfg.checkpoints:
+            return
         self.cache.flush()
         checkpoint.save(self.run_dir, self.trainer, self.state, self.cache.filled)
 

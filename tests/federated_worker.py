@@ -24,7 +24,8 @@ from device_runner.data import load_dataset
 from device_runner.federated.client import Node
 from device_runner.federated.partition import partition
 from device_runner.federated.payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, to_record
-from device_runner.federated.server import checked_strategy, load_tensors_of
+from device_runner.federated.server import (_replaceable, checked_strategy, error_reason, load_tensors_of,
+                                           main_config)
 from device_runner.manifest import load_manifest
 
 TRAIN = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
@@ -112,6 +113,32 @@ def checks(folder: Path, other: Path) -> None:
                 want = base[k] + eta_t * m / (np.sqrt(v) + tau)
                 worst = max(worst, float(np.abs(got[k] - want).max()))
             assert worst < 1e-4, worst
+
+    # a round in which no client trained stops the run, naming the first cause (not an empty global model)
+    strategy = checked_strategy("fedavg", min_train_nodes=1, min_available_nodes=1)
+    strategy.setup(manifest, digest, 1e-3, "constant", 1, 0)
+    strategy.rounds[2] = {"sampled": 2}
+    expect_error(lambda: strategy.aggregate_train(2, [reply(11, content(clients[0], manifest, other_digest, 5))]),
+                 "round 2: no client trained (0 failed, 1 refused, 1 sent nothing before round-timeout); first: it "
+                 "reports export")
+    assert error_reason("<class 'device_runner.RunnerError'>:<'data not found: /x'>") == "data not found: /x"
+
+    # run config: relative paths, bad counts; force replaces only a federated run folder or an empty one
+    good = {"export": str(folder), "out": "/tmp/x"}
+    expect_error(lambda: main_config({**good, "export": "artifacts/x"}), "export='artifacts/x' is a relative path")
+    expect_error(lambda: main_config({**good, "data": "train.npz"}), "data='train.npz' is a relative path")
+    expect_error(lambda: main_config({**good, "num-server-rounds": 0}), "num-server-rounds must be >= 1, got 0")
+    expect_error(lambda: main_config({**good, "strategy": "fedprox"}), "choose from fedavg, fedadam")
+    with tempfile.TemporaryDirectory() as tmp:
+        keep = Path(tmp) / "precious"
+        keep.mkdir()
+        assert _replaceable(keep)  # empty
+        (keep / "keep.txt").write_text("mine")
+        assert not _replaceable(keep)
+        (keep / "run.json").write_text(json.dumps({"epochs": 3}))  # mobiletl-train's run folder: not ours
+        assert not _replaceable(keep)
+        (keep / "run.json").write_text(json.dumps({"federated": {}}))
+        assert _replaceable(keep)
 
     # partitions: disjoint, covering, deterministic; Dirichlet skews the labels
     labels = np.random.default_rng(1).integers(0, 10, 2000)

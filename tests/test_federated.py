@@ -95,7 +95,12 @@ def test_simulation_three_clients_improve_and_average(exports, tmp_path):
     model = json.loads(worker("model", out / "model.onnx", TEST, art).splitlines()[-1])
     assert model["class_names"][9] == "Ankle boot"
     assert abs(model["accuracy"] - acc[3]) <= 0.002, (model["accuracy"], acc[3])
+    from safetensors.numpy import load_file
+
+    final, last_round = load_file(out / "parameters.safetensors"), load_file(out / "rounds" / "round-003.safetensors")
+    assert final.keys() == last_round.keys() and all((final[k] == last_round[k]).all() for k in final)
     run = json.loads((out / "run.json").read_text())
+    assert run["run_config"]["partitioner"] == "dirichlet" and run["run_config"]["max-samples"] == 900
     assert run["manifest_sha256"] and run["payload_bytes"] == 4 * json.loads(
         (art / "manifest.json").read_text())["portable"]["parameter_count"]
 
@@ -138,3 +143,4 @@ def test_deployment_killed_client_and_other_export(exports, tmp_path):
     sizes = recompute(tmp_path, art, out, record, 1, [0, 1], 2, "iid", 600)
     assert sizes["clients"] == [300, 300] and sizes["moved"] > 1e-3 and sizes["max_abs_diff"] < 1e-5, sizes
     assert (out / "model.onnx").is_file() and not (tmp_path / "out.partial").exists()
+    assert not (victim / "checkpoint").exists()  # a client keeps only its features between rounds

@@ -15,8 +15,10 @@ num-partitions, a SuperNode gets them from `--node-config`):
                  simulate many clients on one pool: keep this partition of `data` (partition.py; run config
                  `partitioner`, `alpha`, `partition-seed`, `max-samples` pick the scheme and the pool)
   work-dir       the node's backbone features (features.npy: computed in the first round, reused by every
-                 later message's process), metrics.jsonl and last local checkpoint (default: a folder per run
-                 and node under the system's temporary directory)
+                 later message's process) and metrics.jsonl. Node config: this node's folder; run config: the
+                 parent of every node's run-R-node-N folder; default parent: /tmp/mobiletl-federated (the
+                 system's temporary directory). Delete it after the run.
+Paths must be absolute.
   threads        onnxruntime intra-op threads (default 1: simulated clients share the CPU)
 """
 
@@ -43,7 +45,7 @@ from .partition import partition
 from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, to_record
 
 app = ClientApp()
-log = logging.getLogger("mobiletl.federated")
+log = logging.getLogger("flwr.mobiletl")  # a child of Flower's logger: its output reaches `flwr run --stream`
 
 
 def setting(context: Context, key: str, default=None):
@@ -54,6 +56,16 @@ def setting(context: Context, key: str, default=None):
     return default
 
 
+def absolute(key: str, value) -> Path:
+    """A path setting; RunnerError when relative (Flower's processes run in directories of their own, so a
+    relative path would be read against whichever directory started them)."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute():
+        raise RunnerError(f"{key}={value!r} is a relative path: give an absolute path (Flower's ServerApp and "
+                          "ClientApp processes do not run in your directory)")
+    return path
+
+
 def node_data(context: Context, num_classes: int, resolution: int) -> tuple[Dataset, str]:
     """(this node's samples, their identity): its `data`, or its partition of the pool when `num-partitions` is
     set. The identity (hex sha256 of the data's fingerprint and the selection) keys the feature file."""
@@ -62,7 +74,7 @@ def node_data(context: Context, num_classes: int, resolution: int) -> tuple[Data
         raise RunnerError("no data for this node: set node config data=PATH (or run config data)")
     pool = int(setting(context, "max-samples", 0)) or None
     seed = int(setting(context, "partition-seed", 2023))
-    data = load_dataset(str(spec), num_classes, max_samples=pool, seed=seed, resolution=resolution)
+    data = load_dataset(str(absolute("data", spec)), num_classes, max_samples=pool, seed=seed, resolution=resolution)
     selection: list = [pool, seed]
     if "num-partitions" in context.node_config:
         part = (int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]),
@@ -88,7 +100,7 @@ class Node:
         self.hash = export_hash(folder)
         self.data, self.work = data, work
         work.mkdir(parents=True, exist_ok=True)
-        cfg = RunConfig(epochs=1, batch_size=batch_size, schedule="constant", checkpoint_every=1 << 62,
+        cfg = RunConfig(epochs=1, batch_size=batch_size, schedule="constant", checkpoints=False,
                         threads=threads, progress=False, backend="portable", cache_mb=1e9)
         self.run = Run(folder, self.manifest, work, data, data, cfg, resume=False)
         self.run.val_cache = self.run.cache  # evaluation reads the same samples: one cache
@@ -110,6 +122,7 @@ class Node:
         """features.npy (float32 [n, *features]) + features.json (its key), each written then renamed."""
         if self.key is None or self.saved or not self.run.cache.filled.all():
             return
+        (self.work / "features.json").unlink(missing_ok=True)  # never a key beside another data's features
         tmp = self.work / "features.tmp.npy"
         np.save(tmp, np.asarray(self.run.cache.store))
         os.replace(tmp, self.work / "features.npy")
@@ -145,12 +158,16 @@ def node(context: Context) -> Node:
         raise RunnerError("no export: set run config export=PATH (an artifact folder of mobiletl-export)")
     key = (context.run_id, context.node_id)
     if key not in _NODES:
-        folder = Path(str(folder)).expanduser().resolve()
+        folder = absolute("export", folder).resolve()
         manifest = load_manifest(folder, "portable")
         data, identity = node_data(context, manifest["num_classes"], manifest["resolution"])
-        work = setting(context, "work-dir")
-        work = Path(str(work)) if work else \
-            Path(tempfile.gettempdir()) / "mobiletl-federated" / f"run-{context.run_id}-node-{context.node_id}"
+        own = f"run-{context.run_id}-node-{context.node_id}"
+        if context.node_config.get("work-dir"):  # this node's folder
+            work = absolute("work-dir", context.node_config["work-dir"])
+        elif context.run_config.get("work-dir"):  # every node's parent folder
+            work = absolute("work-dir", context.run_config["work-dir"]) / own
+        else:
+            work = Path(tempfile.gettempdir()) / "mobiletl-federated" / own
         threads = int(setting(context, "threads", 1)) or None
         _NODES[key] = Node(folder, data, work, int(setting(context, "batch-size", 32)), threads, identity)
     return _NODES[key]

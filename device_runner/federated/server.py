@@ -6,11 +6,13 @@ Run config (the Flower App's pyproject.toml, federated/pyproject.toml, documents
   linear, constant), strategy (fedavg | fedadam), server-lr (FedAdam's eta), fraction-train, min-nodes,
   fraction-evaluate, round-timeout (s), test-data, class-names, seed, threads, force, save-rounds.
 
-Output folder `out` (written as out.partial, renamed at the end; an existing `out` is refused unless force):
+Output folder `out` (written as out.partial, renamed at the end; an existing `out` is refused unless force, which
+replaces only an earlier federated run folder or an empty folder). A round in which no client trained stops the
+run (RunnerError naming the first failure). Paths must be absolute.
   run.json       the run config, manifest hash, class names, strategy, Flower and onnxruntime versions
   metrics.jsonl  one record per round: lr, central test loss / accuracy, clients' aggregated training loss
-                 and accuracy, replies / failures / refused, bytes per client each way
-  checkpoint/    the global trainable tensors (checkpoint/parameters.safetensors, the portable format)
+                 and accuracy, replies / failed / refused / missing nodes, bytes per client each way, seconds
+  parameters.safetensors  the global trainable tensors (the export's parameters.safetensors layout)
   model.onnx     the joined image -> logits model with the global tensors and class names (as mobiletl-train)
   rounds/        with save-rounds: round-000.safetensors (the export's tensors), round-001, ... (after each round)
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -29,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from .. import RunnerError, checkpoint
+from .. import RunnerError
 from ..data import class_names, load_dataset
 from ..inference import write_inference
 from ..manifest import load_manifest
@@ -37,7 +40,7 @@ from ..train import Run, RunConfig, learning_rate
 from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, payload_bytes, to_record
 
 app = ServerApp()
-log = logging.getLogger("mobiletl.federated")
+log = logging.getLogger("flwr.mobiletl")  # a child of Flower's logger: its output reaches `flwr run --stream`
 STRATEGIES = {"fedavg": FedAvg, "fedadam": FedAdam}
 
 
@@ -74,7 +77,7 @@ class ExportCheck:
         replies = list(replies)
         for msg in replies:
             if msg.has_error():
-                failed.append({"node": msg.metadata.src_node_id, "why": msg.error.reason.splitlines()[0][:300]})
+                failed.append({"node": msg.metadata.src_node_id, "why": error_reason(msg.error.reason)})
             else:
                 node = msg.metadata.src_node_id
                 theirs = msg.content.config_records.get(EXPORT_RECORD, {}).get(HASH_KEY)
@@ -100,7 +103,14 @@ class ExportCheck:
         return admitted
 
     def aggregate_train(self, server_round, replies):
-        arrays, metrics = super().aggregate_train(server_round, self.admit(replies, server_round, True))
+        admitted = self.admit(replies, server_round, True)
+        if not any(not m.has_error() for m in admitted):
+            record = self.rounds[server_round]
+            why = [f["why"] for f in record["failed"]] + [r["why"] for r in record["refused"]]
+            raise RunnerError(f"round {server_round}: no client trained ({len(record['failed'])} failed, "
+                              f"{len(record['refused'])} refused, {record['missing']} sent nothing before "
+                              f"round-timeout){'; first: ' + why[0] if why else ''}")
+        arrays, metrics = super().aggregate_train(server_round, admitted)
         if arrays is not None:  # FedAdam's update is float64 (numpy scalars): back to the export's float32
             arrays = to_record({k: a.numpy() for k, a in arrays.items()}, self.manifest)
         if metrics is not None:
@@ -112,6 +122,13 @@ class ExportCheck:
         if metrics is not None:
             self.rounds[server_round]["clients_evaluate"] = dict(metrics)
         return metrics
+
+
+def error_reason(reason: str) -> str:
+    """The first line of a failed reply's reason; for a ClientApp exception (Flower's "<class 'X'>:<'msg'>") the
+    message alone."""
+    match = re.match(r"<class '[^']*'>:<'(.*)'>$", reason.strip(), re.S)
+    return (match.group(1) if match else reason).strip().splitlines()[0][:300] if reason.strip() else "no reason"
 
 
 def checked_strategy(name: str, **kwargs):
@@ -138,6 +155,18 @@ class CentralEvaluation:
         return {"test_loss": r["val_loss"], "test_acc": r["val_acc"]}
 
 
+def _replaceable(out: Path) -> bool:
+    """An empty folder, or an earlier federated run's (run.json with a "federated" field)."""
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return "federated" in json.loads((out / "run.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def _str(config, key: str, default: str = "") -> str:
     value = config.get(key, default)
     return str(value) if value is not None else default
@@ -157,8 +186,14 @@ def main_config(rc) -> dict:
          "save-rounds": bool(rc.get("save-rounds", False))}
     if not c["export"]:
         raise RunnerError("run config export is empty: pass --run-config 'export=\"/path/to/artifacts\"'")
-    if c["num-server-rounds"] < 1 or c["local-epochs"] < 1 or c["min-nodes"] < 1:
-        raise RunnerError("num-server-rounds, local-epochs and min-nodes must be >= 1")
+    for key in ("export", "out", "test-data", "data"):
+        value = _str(rc, key) if key == "data" else c[key]
+        if value and not Path(value).expanduser().is_absolute():
+            raise RunnerError(f"{key}={value!r} is a relative path: give an absolute path (Flower's ServerApp and "
+                              "ClientApp processes do not run in your directory)")
+    for key in ("num-server-rounds", "local-epochs", "min-nodes"):
+        if c[key] < 1:
+            raise RunnerError(f"{key} must be >= 1, got {c[key]}")
     if c["lr-schedule"] not in ("cosine", "linear", "constant"):
         raise RunnerError(f"unknown lr-schedule {c['lr-schedule']!r}; choose from cosine, linear, constant")
     if not (0 < c["fraction-train"] <= 1 and 0 <= c["fraction-evaluate"] <= 1):
@@ -187,8 +222,13 @@ def serve(grid: Grid, rc) -> Path:
     manifest = load_manifest(folder, "portable")
     digest = export_hash(folder)
     out = Path(c["out"]).expanduser().resolve()
-    if out.exists() and not c["force"]:
-        raise RunnerError(f"{out} exists; choose another out or set force=true")
+    if out.exists():
+        if not c["force"]:
+            raise RunnerError(f"{out} exists; choose another out, or force=true to replace it (a federated run "
+                              "folder or an empty folder only)")
+        if not _replaceable(out):
+            raise RunnerError(f"force=true replaces only a federated run folder (with run.json) or an empty folder; "
+                              f"{out} is neither: choose another out")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -214,16 +254,20 @@ def serve(grid: Grid, rc) -> Path:
         from ..ort import onnxruntime
 
         (partial / "run.json").write_text(json.dumps(
-            {"federated": c, "export": str(folder), "manifest_sha256": digest, "class_names": names,
+            {"federated": c, "run_config": {k: v for k, v in rc.items()}, "export": str(folder),
+             "manifest_sha256": digest, "class_names": names,
              "model": manifest["model"], "method": manifest["method"], "top_k": manifest["top_k"],
              "payload_bytes": payload_bytes(manifest), "flwr": flwr.__version__,
              "onnxruntime": onnxruntime.__version__}, indent=1))
         metrics = open(partial / "metrics.jsonl", "w")
-        started = time.perf_counter()
+        started = last = time.perf_counter()
 
         def each_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            nonlocal last
+            now = time.perf_counter()
             record = {"event": "round", "round": server_round, **strategy.rounds.get(server_round, {}),
-                      "seconds": time.perf_counter() - started}
+                      "round_s": now - last, "elapsed_s": now - started}
+            last = now
             tensors = from_record(arrays, manifest, "the global model")
             if c["save-rounds"]:
                 save_tensors(tensors, partial / "rounds" / f"round-{server_round:03d}.safetensors", server_round)
@@ -243,9 +287,7 @@ def serve(grid: Grid, rc) -> Path:
         finally:
             metrics.close()
         final = from_record(result.arrays, manifest, "the global model")
-        trainer = central.run.trainer if central else _trainer(folder, manifest)
-        trainer.reset(final)
-        checkpoint.save(partial, trainer, {"rounds": c["num-server-rounds"], "federated": True}, np.zeros(0, bool))
+        save_tensors(final, partial / "parameters.safetensors", c["num-server-rounds"])
         write_inference(folder, manifest, final, partial / "model.onnx", names)
         if out.exists():
             shutil.rmtree(out)
@@ -256,12 +298,15 @@ def serve(grid: Grid, rc) -> Path:
 
 
 def save_tensors(tensors: dict[str, np.ndarray], path: Path, server_round: int) -> None:
-    """The global trainable tensors after `server_round` (0: the export's) as safetensors, keys as the manifest."""
+    """The global trainable tensors after `server_round` (0: the export's) as safetensors, keys as the manifest:
+    the layout of the export's parameters.safetensors (step 0), so PortableTrainer(checkpoint=path) starts from it."""
     from safetensors.numpy import save_file
+
+    from ..portable import CHECKPOINT_FORMAT
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-              metadata={"round": str(server_round)})
+              metadata={"format": CHECKPOINT_FORMAT, "step": "0", "federated_round": str(server_round)})
 
 
 def load_tensors_of(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
@@ -272,12 +317,6 @@ def load_tensors_of(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
     return {e["name"]: tensors[e["name"]] for e in manifest["portable"]["parameters"]}
 
 
-def _trainer(folder: Path, manifest: dict):
-    from ..portable import PortableTrainer
-
-    return PortableTrainer(folder, manifest, threads=1)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     try:
@@ -285,4 +324,6 @@ def main(grid: Grid, context: Context) -> None:
     except RunnerError as exc:
         log.error("mobiletl federated server: %s", str(exc).splitlines()[0])
         raise
-    log.info("wrote %s", out)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    acc = f", test accuracy {last['test_acc']:.4f}" if "test_acc" in last else ""
+    log.info("wrote %s (model.onnx, parameters.safetensors, metrics.jsonl, run.json)%s", out, acc)
