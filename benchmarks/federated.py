@@ -18,7 +18,9 @@ mobiletl 3e-4, vanilla 1e-3, last-layer 3e-3; cosine decay).
   float32, plus their keys); the export's frozen backbone never travels.
 - one client's peak memory: VmHWM of a fresh runner process that imports Flower's ClientApp module and runs one
   client's round (1/clients of the pool, batch 32, --resolution px, 1 thread), as a device's ClientApp process
-  does (without the simulation's partitioner, which a device does not load).
+  does (without the simulation's partitioner, which a device does not load); again on exports at
+  --memory-resolution (224 px) with batch --memory-batch (8), a phone's setting (`--memory-only` measures just
+  that column again for an earlier results.json).
 Writes results.json and table.md to --out and prints the table.
 """
 
@@ -79,6 +81,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--memory-resolution", type=int, default=224, help="one client's peak RSS also at this "
+                   "resolution (an export of its own), batch --memory-batch: a phone's setting")
+    p.add_argument("--memory-batch", type=int, default=8)
+    p.add_argument("--memory-only", action="store_true", help="keep OUT/results.json's accuracy and bytes (same "
+                   "settings) and measure only the --memory-resolution column again")
     p.add_argument("--threads", type=int, default=2, help="centralised training (federated clients and server: 1 "
                    "each; Ray runs 2 clients at a time on 2 cores)")
     p.add_argument("--runner-bin", type=Path, default=ROOT / ".venv-runner" / "bin",
@@ -87,18 +94,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-QUICK = dict(clients=3, rounds=2, pool=300, test=1000, resolution=32, k=2,
+QUICK = dict(clients=3, rounds=2, pool=300, test=1000, resolution=32, k=2, memory_resolution=64,
              out=Path(tempfile.gettempdir()) / "mobiletl-federated-quick")
 
 
 def check_args(args) -> None:
-    for name in ("k", "clients", "rounds", "local_epochs", "pool", "test", "batch_size", "threads"):
+    for name in ("k", "clients", "rounds", "local_epochs", "pool", "test", "batch_size", "threads", "memory_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.clients > args.pool:
         raise SystemExit("--clients must be <= --pool")
     if not args.alpha > 0:
         raise SystemExit("--alpha must be > 0")
+    if not 32 <= args.resolution <= 1024 or not 32 <= args.memory_resolution <= 1024:
+        raise SystemExit("--resolution and --memory-resolution must be between 32 and 1024")
     if not (args.runner_bin / "flwr").exists():
         raise SystemExit(f"{args.runner_bin}/flwr not found: bash scripts/setup.sh installs Flower into .venv-runner")
     if not (DATA / "t10k-images-idx3-ubyte.gz").exists():
@@ -149,27 +158,44 @@ def centralised(args, art: Path, method: str, data: dict, work: Path) -> dict:
     return {"test_acc": [c["val_acc"] for c in curve], "seconds": seconds}
 
 
-def client_memory(args, art: Path) -> dict:
+def client_memory(args, art: Path, batch: int) -> dict:
+    """Peak RSS of one client's round on export `art` at `batch` (CLIENT_ROUND, its own process)."""
     proc = subprocess.run([str(args.runner_bin / "python"), "-c", CLIENT_ROUND, str(art),
                            str(DATA / "train-images-idx3-ubyte.gz"), str(args.pool), str(args.clients), "1e-3",
-                           str(args.batch_size)], capture_output=True, text=True, cwd=ROOT)
+                           str(batch)], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"client memory run failed: {proc.stderr.strip().splitlines()[-1]}")
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+def memory_columns(res: dict) -> str:
+    """The client peak RSS cells: at the benchmark's resolution and batch, and at --memory-resolution."""
+    big = res.get("client_memory_resolution")
+    return f"{res['client']['peak_rss_mib']:.0f} | " + (f"{big['peak_rss_mib']:.0f}" if big else "–")
+
+
 def table(results: dict, args) -> str:
+    s = results["settings"]
     rows = ["| method | data | " + " | ".join(f"r{r}" for r in range(args.rounds + 1)) + " | MiB sent / client / round "
-            "(each way) | client peak RSS MiB |", "|---|---|" + "---|" * (args.rounds + 3)]
+            f"(each way) | client peak RSS MiB ({s['resolution']} px, batch {s['batch_size']}) | client peak RSS MiB "
+            f"({s.get('memory_resolution', '–')} px, batch {s.get('memory_batch', '–')}) |",
+            "|---|---|" + "---|" * (args.rounds + 4)]
     for method, res in results["methods"].items():
         for scheme in args.partitions:
             f = res[scheme]
             rows.append(f"| {method} | {scheme} | " + " | ".join(f"{a * 100:.1f}" for a in f["test_acc"]) +
-                        f" | {f['bytes_up_per_client'] / 2**20:.2f} | {res['client']['peak_rss_mib']:.0f} |")
+                        f" | {f['bytes_up_per_client'] / 2**20:.2f} | {memory_columns(res)} |")
         c = res["centralised"]
         rows.append(f"| {method} | centralised | – | " + " | ".join(f"{a * 100:.1f}" for a in c["test_acc"]) +
-                    " | – | – |")
+                    " | – | – | – |")
     return "\n".join(rows)
+
+
+def large_memory(args, method: str, work: Path) -> dict:
+    """One client's peak RSS on an export at --memory-resolution (generic target), batch --memory-batch."""
+    art = work / f"art-{method}-{args.memory_resolution}"
+    export_to(art, method, args.k, args.memory_resolution, 0)
+    return client_memory(args, art, args.memory_batch)
 
 
 def _terminate(signum, frame):  # SIGTERM: stop like Ctrl-C, so the Flower processes are stopped too
@@ -196,6 +222,8 @@ def main(argv=None) -> dict:
     settings.update(model="efficientnet-lite0", cpu=cpu_name(), cores=os.cpu_count(), lr=LR, strategy="fedavg",
                     partition_seed=PARTITION_SEED, lr_schedule="cosine over rounds (federated) / steps (centralised)")
     results = {"settings": settings, "methods": {}}
+    if args.memory_only:
+        return memory_only(args, settings, log)
     data = fashion_mnist(args.pool, 0, args.test)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -211,15 +239,43 @@ def main(argv=None) -> dict:
                         f" ({res[scheme]['seconds']:.0f} s)")
                 res["centralised"] = centralised(args, art, method, data, work)
                 log(f"{method} centralised: {[round(a, 4) for a in res['centralised']['test_acc']]}")
-                res["client"] = client_memory(args, art)
-                log(f"{method} one client's peak RSS {res['client']['peak_rss_mib']:.0f} MiB")
+                res["client"] = client_memory(args, art, args.batch_size)
+                res["client_memory_resolution"] = large_memory(args, method, work)
+                log(f"{method} one client's peak RSS {res['client']['peak_rss_mib']:.0f} MiB, "
+                    f"{res['client_memory_resolution']['peak_rss_mib']:.0f} MiB at {args.memory_resolution} px")
                 results["methods"][method] = res
     results["seconds"] = time.perf_counter() - start
+    return write(args, results)
+
+
+def write(args, results: dict) -> dict:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     text = table(results, args)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
     return results
+
+
+def memory_only(args, settings: dict, log) -> dict:
+    """--memory-only: OUT/results.json's federated and centralised numbers (same settings but the memory ones),
+    the --memory-resolution client memory measured again."""
+    path = args.out / "results.json"
+    if not path.exists():
+        raise SystemExit(f"--memory-only needs {path} from a full run")
+    results = json.loads(path.read_text())
+    skip = ("memory_resolution", "memory_batch", "memory_only", "cpu", "cores")
+    old = {k: v for k, v in results["settings"].items() if k not in skip}
+    new = {k: v for k, v in json.loads(json.dumps(settings)).items() if k not in skip}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise SystemExit(f"--memory-only: {path} was made with other settings ({', '.join(diff)})")
+    results["settings"].update(memory_resolution=args.memory_resolution, memory_batch=args.memory_batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods:
+            results["methods"][method]["client_memory_resolution"] = large_memory(args, method, Path(tmp))
+            log(f"{method}: {results['methods'][method]['client_memory_resolution']['peak_rss_mib']:.0f} MiB at "
+                f"{args.memory_resolution} px")
+    return write(args, results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_federated_benchmark_quick(tmp_path):
         assert fed["bytes_down_per_client"] == fed["bytes_up_per_client"]
         assert len(fed["test_acc"]) == 3 and fed["test_acc"][0] < 0.2 < fed["test_acc"][-1], (method, fed)
         assert len(central["test_acc"]) == 2 and central["test_acc"][-1] > 0.2, (method, central)
-        assert 50 < res["client"]["peak_rss_mib"] < 2000
+        assert 50 < res["client"]["peak_rss_mib"] < 2000 and 50 < res["client_memory_resolution"]["peak_rss_mib"] < 2000
     # last-layer sends only the classifier: far less than mobiletl's top blocks
     assert results["methods"]["last-layer"]["payload_bytes"] * 20 < results["methods"]["mobiletl"]["payload_bytes"]
     assert "| mobiletl | dirichlet |" in (tmp_path / "table.md").read_text()
