@@ -129,6 +129,7 @@ def checks(folder: Path, other: Path) -> None:
     expect_error(lambda: main_config({**good, "data": "train.npz"}), "data='train.npz' is a relative path")
     expect_error(lambda: main_config({**good, "num-server-rounds": 0}), "num-server-rounds must be >= 1, got 0")
     expect_error(lambda: main_config({**good, "strategy": "fedprox"}), "choose from fedavg, fedadam")
+    expect_error(lambda: main_config({"export": str(folder)}), "run config out is empty")
     with tempfile.TemporaryDirectory() as tmp:
         keep = Path(tmp) / "precious"
         keep.mkdir()

@@ -174,7 +174,7 @@ def _str(config, key: str, default: str = "") -> str:
 
 def main_config(rc) -> dict:
     """The run config, checked (RunnerError naming the first bad value)."""
-    c = {"export": _str(rc, "export"), "out": _str(rc, "out", "federated-run"),
+    c = {"export": _str(rc, "export"), "out": _str(rc, "out"),
          "num-server-rounds": int(rc.get("num-server-rounds", 5)), "local-epochs": int(rc.get("local-epochs", 1)),
          "lr": float(rc.get("lr", 0.0)), "lr-schedule": _str(rc, "lr-schedule", "cosine"),
          "strategy": _str(rc, "strategy", "fedavg"), "server-lr": float(rc.get("server-lr", 0.01)),
@@ -184,8 +184,9 @@ def main_config(rc) -> dict:
          "class-names": _str(rc, "class-names"), "seed": int(rc.get("seed", 0)),
          "threads": int(rc.get("threads", 1)), "force": bool(rc.get("force", False)),
          "save-rounds": bool(rc.get("save-rounds", False))}
-    if not c["export"]:
-        raise RunnerError("run config export is empty: pass --run-config 'export=\"/path/to/artifacts\"'")
+    for key, what in (("export", "/path/to/artifacts"), ("out", "/path/to/run-folder")):
+        if not c[key]:
+            raise RunnerError(f"run config {key} is empty: pass --run-config '{key}=\"{what}\"' (an absolute path)")
     for key in ("export", "out", "test-data", "data"):
         value = _str(rc, key) if key == "data" else c[key]
         if value and not Path(value).expanduser().is_absolute():
