@@ -122,6 +122,21 @@ def checks(folder: Path, other: Path) -> None:
                  "round 2: no client trained (0 failed, 1 refused, 1 sent nothing before round-timeout); first: it "
                  "reports export")
     assert error_reason("<class 'device_runner.RunnerError'>:<'data not found: /x'>") == "data not found: /x"
+    ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1, ip=1.2.3.4)\n"
+           "  File \"x.py\", line 3, in run\n    raise RunnerError(...)\ndevice_runner.RunnerError: data not found: /y\n'>")
+    assert error_reason(ray) == "data not found: /y", error_reason(ray)
+    assert error_reason("Error: Node Unavailable - no heartbeat") == "Error: Node Unavailable - no heartbeat"
+    assert error_reason("Exception ClientAppException occurred. Message: data not found: /z") == "data not found: /z"
+
+    # the average does not depend on the order the replies arrived in (float32 sums do)
+    sums = []
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+        strategy = checked_strategy("fedavg", min_train_nodes=1, min_available_nodes=1)
+        strategy.setup(manifest, digest, 1e-3, "constant", 1, 0)
+        arrays, _ = strategy.aggregate_train(1, [reply(i + 1, content(clients[i], manifest, digest, counts[i]))
+                                                 for i in order])
+        sums.append(from_record(arrays, manifest, "aggregate"))
+    assert all(np.array_equal(sums[0][k], sums[1][k]) for k in base)
 
     # run config: relative paths, bad counts; force replaces only a federated run folder or an empty one
     good = {"export": str(folder), "out": "/tmp/x"}

@@ -19,8 +19,10 @@ run (RunnerError naming the first failure). Paths must be absolute.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -73,7 +75,7 @@ class ExportCheck:
 
     def admit(self, replies, server_round: int, train: bool) -> list[Message]:
         """The replies that may be aggregated (failed ones included: the strategy counts and logs them)."""
-        admitted, refused, failed = [], [], []
+        admitted, refused, failed, order = [], [], [], {}
         replies = list(replies)
         for msg in replies:
             if msg.has_error():
@@ -85,12 +87,15 @@ class ExportCheck:
                     if theirs != self.digest:
                         raise RunnerError(f"it reports export {str(theirs)[:12]}, the server's is {self.digest[:12]}")
                     if train:
-                        from_record(msg.content["arrays"], self.manifest, "its tensors")
+                        tensors = from_record(msg.content["arrays"], self.manifest, "its tensors")
+                        order[id(msg)] = hashlib.sha256(b"".join(t.tobytes() for t in tensors.values())).digest()
                 except (RunnerError, KeyError) as exc:
                     log.warning("round %d: refused the reply of node %d: %s", server_round, node, exc)
                     refused.append({"node": node, "why": str(exc)})
                     continue
             admitted.append(msg)
+        # float32 sums depend on their order: aggregate in an order of the replies' content, not of their arrival
+        admitted.sort(key=lambda m: order.get(id(m), b""))
         record = self.rounds.setdefault(server_round, {})
         key = "" if train else "evaluate_"
         record[f"{key}refused"] = refused
@@ -125,10 +130,16 @@ class ExportCheck:
 
 
 def error_reason(reason: str) -> str:
-    """The first line of a failed reply's reason; for a ClientApp exception (Flower's "<class 'X'>:<'msg'>") the
-    message alone."""
-    match = re.match(r"<class '[^']*'>:<'(.*)'>$", reason.strip(), re.S)
-    return (match.group(1) if match else reason).strip().splitlines()[0][:300] if reason.strip() else "no reason"
+    """What a failed reply says, in one line: a ClientApp exception arrives as "<class 'X'>:<'message'>" (Flower)
+    whose message may be a whole traceback (Ray's, in the simulation engine): its last line, without the
+    exception's class name."""
+    text = reason.strip()
+    match = re.match(r"<class '[^']*'>:<'(.*)'>$", text, re.S)
+    lines = [line.strip() for line in (match.group(1) if match else text).splitlines() if line.strip()]
+    if not lines:
+        return "no reason given"
+    last = re.sub(r"^Exception \w+ occurred\. Message: ", "", lines[-1])  # Flower's simulation wrapper
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)[:300]
 
 
 def checked_strategy(name: str, **kwargs):
@@ -263,8 +274,11 @@ def serve(grid: Grid, rc) -> Path:
         metrics = open(partial / "metrics.jsonl", "w")
         started = last = time.perf_counter()
 
+        written: set[int] = set()
+
         def each_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             nonlocal last
+            written.add(server_round)
             now = time.perf_counter()
             record = {"event": "round", "round": server_round, **strategy.rounds.get(server_round, {}),
                       "round_s": now - last, "elapsed_s": now - started}
@@ -285,6 +299,11 @@ def serve(grid: Grid, rc) -> Path:
                                     timeout=c["round-timeout"],
                                     train_config=ConfigRecord({"local-epochs": c["local-epochs"]}),
                                     evaluate_fn=each_round)
+        except RunnerError:  # the round that stopped the run is recorded too
+            for r in sorted(set(strategy.rounds) - written):
+                metrics.write(json.dumps(_json({"event": "round-failed", "round": r, **strategy.rounds[r],
+                                                "elapsed_s": time.perf_counter() - started})) + "\n")
+            raise
         finally:
             metrics.close()
         final = from_record(result.arrays, manifest, "the global model")
@@ -308,6 +327,7 @@ def save_tensors(tensors: dict[str, np.ndarray], path: Path, server_round: int) 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
               metadata={"format": CHECKPOINT_FORMAT, "step": "0", "federated_round": str(server_round)})
+    os.chmod(path, 0o644)  # safetensors writes 0600; the run folder's other files are 0644
 
 
 def load_tensors_of(folder: Path, manifest: dict) -> dict[str, np.ndarray]:

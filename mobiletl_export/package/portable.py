@@ -30,6 +30,8 @@ SGD (onnxblock's SGD, the ORT-training contract's): p <- p - lr * g.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -204,6 +206,7 @@ def write_parameters(path, state: dict[str, np.ndarray], trainable: tuple[str, .
 
     save_file({k: np.ascontiguousarray(state[k], np.float32) for k in trainable}, str(path),
               metadata={"format": "mobiletl-portable/1", "optimizer": optimizer, "step": "0"})
+    os.chmod(path, 0o644)  # safetensors writes 0600 (a temporary file renamed); the export's other files are 0644
 
 
 def manifest_section(entries: list[dict], optimizer: str, weight_decay: float, inference_offset: int) -> dict:
