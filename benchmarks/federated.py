@@ -146,8 +146,6 @@ def federated(args, fed: LocalFederation, art: Path, method: str, scheme: str, t
 
 
 def centralised(args, art: Path, method: str, data: dict, work: Path) -> dict:
-    import numpy as np  # noqa: F401
-
     manifest = json.loads((art / "manifest.json").read_text())
     feats = {"train": backbone_features(art, manifest, data["train"], args.threads),
              "val": backbone_features(art, manifest, data["test"], args.threads)}

@@ -100,6 +100,12 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", leave=True, file=sys.stderr, dynamic_ncols=True)
 
 
+def fresh_state(seed: int) -> dict:
+    """The loop state (checkpointed as state.json) of a training that has not taken a step."""
+    return {"step": 0, "epoch": 0, "seed": seed, "shuffle": SHUFFLE,
+            "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
+
+
 class Run:
     def __init__(self, folder: Path, manifest: dict, run_dir: Path, train: Dataset, val: Dataset | None,
                  cfg: RunConfig, resume: bool):
@@ -116,8 +122,7 @@ class Run:
         self.lr = cfg.lr if cfg.lr is not None else manifest["optimizer"]["lr"]
         self.steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.state = {"step": 0, "epoch": 0, "seed": cfg.seed, "shuffle": SHUFFLE,
-                      "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
+        self.state = fresh_state(cfg.seed)
         start = None  # the export's initial parameters
         trainer = trainer_class(cfg.backend)
         self.note = None
@@ -144,8 +149,7 @@ class Run:
         self.cfg = replace(self.cfg, epochs=epochs, seed=seed)
         self.lr = lr
         self.total_steps = self.steps_per_epoch * epochs
-        self.state = {"step": 0, "epoch": 0, "seed": seed, "shuffle": SHUFFLE,
-                      "epoch_loss_sum": 0.0, "epoch_correct": 0, "epoch_seen": 0}
+        self.state = fresh_state(seed)
 
     # -- pieces ------------------------------------------------------------------------------------------
     def _compute(self, data: Dataset, idx: np.ndarray) -> np.ndarray:

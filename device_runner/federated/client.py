@@ -88,7 +88,8 @@ def node_data(context: Context, num_classes: int, resolution: int) -> tuple[Data
 
 
 class Node:
-    """One client's state across rounds: its export, data and Run (whose feature cache outlives rounds)."""
+    """One client's state across rounds: its export, data and Run (whose feature cache outlives rounds). The
+    server's evaluation on its test data is a Node too (server.py)."""
 
     def __init__(self, folder: Path, data: Dataset, work: Path, batch_size: int, threads: int | None,
                  data_identity: str | None = None):

@@ -38,7 +38,8 @@ from .. import RunnerError
 from ..data import class_names, load_dataset
 from ..inference import write_inference
 from ..manifest import load_manifest
-from ..train import Run, RunConfig, learning_rate
+from ..train import learning_rate
+from .client import Node
 from .payload import EXPORT_RECORD, HASH_KEY, export_hash, from_record, payload_bytes, to_record
 
 app = ServerApp()
@@ -103,7 +104,6 @@ class ExportCheck:
         record[f"{key}replies"] = len(admitted) - len(failed)
         if train:  # sampled nodes that sent nothing before round-timeout (a device that died or is too slow)
             record["missing"] = max(record.get("sampled", len(replies)) - len(replies), 0)
-        if train:
             record["bytes_up_per_client"] = [m.content["arrays"].count_bytes() for m in admitted if not m.has_error()]
         return admitted
 
@@ -148,22 +148,6 @@ def checked_strategy(name: str, **kwargs):
         raise RunnerError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     base = STRATEGIES[name]
     return type(f"Checked{base.__name__}", (ExportCheck, base), {})(**kwargs)
-
-
-class CentralEvaluation:
-    """The global model's loss and accuracy on `test-data`, on the server (features computed once)."""
-
-    def __init__(self, folder: Path, manifest: dict, spec: str, work: Path, threads: int | None):
-        data = load_dataset(spec, manifest["num_classes"], resolution=manifest["resolution"])
-        self.data = data
-        cfg = RunConfig(epochs=1, batch_size=200, threads=threads, progress=False, cache_mb=4096)
-        self.run = Run(folder, manifest, work, data, data, cfg, resume=False)
-        self.run.val_cache = self.run.cache
-
-    def __call__(self, tensors: dict[str, np.ndarray]) -> dict:
-        self.run.trainer.reset(tensors)
-        r = self.run.evaluate()
-        return {"test_loss": r["val_loss"], "test_acc": r["val_acc"]}
 
 
 def _replaceable(out: Path) -> bool:
@@ -254,8 +238,9 @@ def serve(grid: Grid, rc) -> Path:
             kwargs.update(eta=c["server-lr"], eta_l=lr)
         strategy = checked_strategy(c["strategy"], **kwargs)
         strategy.setup(manifest, digest, lr, c["lr-schedule"], c["num-server-rounds"], c["seed"])
-        central = CentralEvaluation(folder, manifest, c["test-data"], work, c["threads"] or None) \
-            if c["test-data"] else None
+        # the server's evaluation is a Node over the test data (the backbone's features computed once)
+        central = Node(folder, load_dataset(c["test-data"], manifest["num_classes"], resolution=manifest["resolution"]),
+                       work, 200, c["threads"] or None) if c["test-data"] else None
         names = [s.strip() for s in c["class-names"].split(",")] if c["class-names"] else \
             class_names(central.data, manifest["num_classes"]) if central else \
             [str(i) for i in range(manifest["num_classes"])]
@@ -286,7 +271,10 @@ def serve(grid: Grid, rc) -> Path:
             tensors = from_record(arrays, manifest, "the global model")
             if c["save-rounds"]:
                 save_tensors(tensors, partial / "rounds" / f"round-{server_round:03d}.safetensors", server_round)
-            result = central(tensors) if central else {}
+            result = {}
+            if central:
+                r = central.evaluate(tensors)
+                result = {"test_loss": r["loss"], "test_acc": r["accuracy"]}
             record.update(result)
             metrics.write(json.dumps(_json(record)) + "\n")
             metrics.flush()
